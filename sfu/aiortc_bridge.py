@@ -1,0 +1,462 @@
+"""Every touch of aiortc's, aioice's and pylibsrtp's private API, in one place.
+
+aiortc is a WebRTC *endpoint*: its receivers decode and its senders encode. The SFU
+keeps aiortc for ICE, DTLS, SRTP keying and SDP, and takes the media path over:
+
+* datagrams are intercepted where aioice receives them (one hook per ICE socket),
+  SRTP-unprotected once and routed synchronously;
+* receivers and senders on server peer connections are swapped (``__class__``) for
+  forwarding variants that never start a decoder thread, an encoder or aiortc's own
+  RTCP loops;
+* outgoing packets are protected by calling libsrtp directly and sent on the selected
+  ICE pair's socket, without aiortc's ``await`` chain.
+
+aiortc changed these internals in 1.12, 1.15 and 1.16, so the versions are pinned and
+:func:`check_contract` verifies every name at start-up (and in a unit test), failing
+loudly instead of forwarding nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Any
+
+import aioice.ice
+import aiortc
+import aiortc.codecs
+import aiortc.rtcdtlstransport
+import aiortc.rtcrtpreceiver
+import aiortc.rtcrtpsender
+import aiortc.sdp
+import pylibsrtp
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc.rtcrtpparameters import (
+    RTCRtpCodecParameters,
+    RTCRtpHeaderExtensionParameters,
+    RTCRtpReceiveParameters,
+    RTCRtpSendParameters,
+)
+from pylibsrtp._binding import ffi, lib
+
+__all__ = [
+    "PINNED_VERSIONS",
+    "ContractError",
+    "DatagramHandler",
+    "FastSrtp",
+    "ForwardingReceiver",
+    "ForwardingSender",
+    "IceRoute",
+    "TranscodingForbidden",
+    "adopt_receiver",
+    "adopt_sender",
+    "check_contract",
+    "codec_instances",
+    "dtls_transport",
+    "egress_extension_ids",
+    "forbid_transcoding",
+    "install_datagram_hook",
+    "negotiated_codecs",
+    "negotiated_extensions",
+    "peer_cname",
+    "restrict_answer_codecs",
+    "stun_errors",
+    "tap_received_rtp",
+    "tap_sent_rtp",
+    "parse_sdp",
+    "restrict_host_addresses",
+    "selected_route",
+    "set_sender_identity",
+    "sender_ssrcs",
+    "srtp_sessions",
+]
+
+PINNED_VERSIONS = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
+
+# (object, attribute) pairs the SFU relies on; instance attributes are checked on a
+# throwaway peer connection by check_contract().
+_MODULE_NAMES: tuple[tuple[object, str], ...] = (
+    (aioice.ice, "get_host_addresses"),
+    (aioice.ice, "StunProtocol"),
+    (aioice.ice.StunProtocol, "datagram_received"),
+    (aioice.ice.Connection, "data_received"),
+    (aiortc.rtcrtpreceiver, "get_decoder"),
+    (aiortc.rtcrtpsender, "get_encoder"),
+    (aiortc.codecs, "HEADER_EXTENSIONS"),
+    (aiortc.sdp, "SessionDescription"),
+    (RTCRtpReceiver, "receive"),
+    (RTCRtpReceiver, "stop"),
+    (RTCRtpReceiver, "_handle_disconnect"),
+    (RTCRtpSender, "send"),
+    (RTCRtpSender, "stop"),
+    (aiortc.rtcdtlstransport.RTCDtlsTransport, "_send_rtp"),
+    (aiortc.rtcdtlstransport.RTCDtlsTransport, "_handle_rtp_data"),
+    (pylibsrtp.Session, "protect"),
+    (lib, "srtp_protect"),
+    (lib, "srtp_protect_rtcp"),
+    (lib, "srtp_unprotect"),
+    (lib, "srtp_unprotect_rtcp"),
+)
+
+_SRTP_MAX_TRAILER = 16 + 144  # pylibsrtp's SRTP_MAX_TRAILER_LEN covers both tags
+_SRTP_BUFFER = 1500 + _SRTP_MAX_TRAILER
+_REWRITE = struct.Struct("!BHII")  # RTP header bytes 1..11: M/PT, sequence, timestamp, SSRC
+
+
+class ContractError(RuntimeError):
+    """aiortc/aioice/pylibsrtp no longer offer what the forwarding core needs."""
+
+
+class TranscodingForbidden(RuntimeError):
+    """Raised if anything asks aiortc for a decoder or an encoder on the server."""
+
+
+def check_contract(*, check_versions: bool = True) -> None:
+    """Fail loudly when the private API the SFU depends on is missing or changed."""
+    problems: list[str] = []
+    if check_versions:
+        for package, wanted in PINNED_VERSIONS.items():
+            found = version(package)
+            if found != wanted:
+                problems.append(f"{package} {found} installed, {wanted} pinned")
+    for owner, name in _MODULE_NAMES:
+        if not hasattr(owner, name):
+            problems.append(f"{getattr(owner, '__name__', owner)!s}.{name} is missing")
+    pc = RTCPeerConnection(aiortc.RTCConfiguration(iceServers=[]))
+    try:
+        transceiver = pc.addTransceiver("video", direction="sendonly")
+        sender, receiver = transceiver.sender, transceiver.receiver
+        dtls = receiver.transport
+        for obj, names in (
+            (sender, ("_ssrc", "_rtx_ssrc", "_stream_id", "_track_id")),
+            (dtls, ("_rx_srtp", "_tx_srtp", "_transport")),
+            (dtls.transport, ("_connection",)),
+            (dtls.transport._connection, ("_nominated", "_protocols")),
+            (transceiver, ("_codecs", "_headerExtensions")),
+            (pc, ("_RTCPeerConnection__cname",)),
+        ):
+            problems += [f"{type(obj).__name__}.{n} is missing" for n in names if not hasattr(obj, n)]
+    finally:
+        _close_soon(pc)
+    if problems:
+        raise ContractError("aiortc private API changed: " + "; ".join(problems))
+
+
+def _close_soon(pc: RTCPeerConnection) -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    loop.create_task(pc.close())
+
+
+# --- process-wide switches -------------------------------------------------------------
+
+def restrict_host_addresses(addresses: Sequence[str]) -> None:
+    """Make aioice gather host candidates on exactly these addresses.
+
+    aioice gathers on every interface but skips 127.0.0.1 and ::1, so out of the box
+    it never works on loopback and always exposes every interface.
+    """
+    chosen = list(addresses)
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = host_addresses
+
+
+_codec_requests = {"decoders": 0, "encoders": 0}
+
+
+def codec_instances() -> dict[str, int]:
+    """How many times anything asked aiortc for a decoder/encoder (must stay 0)."""
+    return dict(_codec_requests)
+
+
+def forbid_transcoding() -> None:
+    """Make decoding or encoding impossible in this process (the server never transcodes)."""
+
+    def no_decoder(codec: RTCRtpCodecParameters) -> Any:
+        _codec_requests["decoders"] += 1
+        raise TranscodingForbidden(f"the SFU never decodes ({codec.mimeType})")
+
+    def no_encoder(codec: RTCRtpCodecParameters) -> Any:
+        _codec_requests["encoders"] += 1
+        raise TranscodingForbidden(f"the SFU never encodes ({codec.mimeType})")
+
+    aiortc.rtcrtpreceiver.get_decoder = no_decoder  # type: ignore[attr-defined]
+    aiortc.rtcrtpsender.get_encoder = no_encoder  # type: ignore[attr-defined]
+
+
+# --- SDP --------------------------------------------------------------------------------
+
+def parse_sdp(text: str) -> Any:
+    """aiortc's SDP parser (``aiortc.sdp.SessionDescription``); raises on bad input."""
+    return aiortc.sdp.SessionDescription.parse(text)
+
+
+def egress_extension_ids(kind: str) -> dict[str, int]:
+    """Header extension ids aiortc puts in its own offers (fixed by aiortc)."""
+    return {e.uri: e.id for e in aiortc.codecs.HEADER_EXTENSIONS[kind]}
+
+
+# --- receivers and senders that only forward ------------------------------------------
+
+class ForwardingReceiver(RTCRtpReceiver):  # type: ignore[misc]
+    """A receiver that keeps its negotiated parameters and nothing else.
+
+    Media reaches producers through the datagram hook, so no decoder thread, jitter
+    buffer or RTCP task is ever started.
+    """
+
+    sfu_parameters: RTCRtpReceiveParameters | None
+
+    async def receive(self, parameters: RTCRtpReceiveParameters) -> None:
+        self.sfu_parameters = parameters
+
+    async def stop(self) -> None:
+        return None
+
+    def _handle_disconnect(self) -> None:
+        return None
+
+
+SendParametersCallback = Callable[[RTCRtpSendParameters], None]
+
+
+class ForwardingSender(RTCRtpSender):  # type: ignore[misc]
+    """A sender that never encodes: consumers write RTP on the wire themselves.
+
+    aiortc calls :meth:`send` once DTLS is up and the m-line is negotiated; that is the
+    moment a consumer learns its payload types and may start forwarding.
+    """
+
+    sfu_on_parameters: SendParametersCallback | None
+    sfu_parameters: RTCRtpSendParameters | None
+
+    async def send(self, parameters: RTCRtpSendParameters) -> None:
+        self.sfu_parameters = parameters
+        if self.sfu_on_parameters is not None:
+            self.sfu_on_parameters(parameters)
+
+    async def stop(self) -> None:
+        self.sfu_on_parameters = None
+
+
+def adopt_receiver(receiver: RTCRtpReceiver) -> ForwardingReceiver:
+    """Turn a stock receiver (not yet started) into a forwarding one."""
+    receiver.__class__ = ForwardingReceiver
+    receiver.sfu_parameters = None
+    return receiver  # type: ignore[no-any-return]
+
+
+def adopt_sender(sender: RTCRtpSender, on_parameters: SendParametersCallback) -> ForwardingSender:
+    """Turn a stock sender (not yet started) into a forwarding one."""
+    sender.__class__ = ForwardingSender
+    sender.sfu_parameters = None
+    sender.sfu_on_parameters = on_parameters
+    return sender  # type: ignore[no-any-return]
+
+
+def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
+    """(media SSRC, RTX SSRC) that aiortc announces for this sender in its offers."""
+    return sender._ssrc, sender._rtx_ssrc
+
+
+def set_sender_identity(sender: RTCRtpSender, stream_id: str, track_id: str) -> None:
+    """Choose the ``a=msid`` aiortc writes for this sender (publisher id, track id)."""
+    sender._stream_id = stream_id
+    sender._track_id = track_id
+
+
+def negotiated_codecs(transceiver: Any) -> list[RTCRtpCodecParameters]:
+    """Codecs agreed for an m-line (remote payload types when we answered)."""
+    return list(transceiver._codecs)
+
+
+def restrict_answer_codecs(transceiver: Any, payload_types: set[int]) -> None:
+    """Answer with only these payload types (set between setRemote and createAnswer).
+
+    ``setCodecPreferences`` only applies to offers in aiortc, so the negotiated list is
+    filtered directly: the publisher then sends exactly the codec we can forward.
+    """
+    transceiver._codecs = [c for c in transceiver._codecs if c.payloadType in payload_types]
+
+
+def negotiated_extensions(transceiver: Any) -> list[RTCRtpHeaderExtensionParameters]:
+    """Header extensions agreed for an m-line, with their negotiated ids."""
+    return list(transceiver._headerExtensions)
+
+
+def peer_cname(pc: RTCPeerConnection) -> str:
+    """The RTCP CNAME aiortc writes into this peer connection's SDP."""
+    return str(pc._RTCPeerConnection__cname)
+
+
+# --- the media path -------------------------------------------------------------------
+
+def dtls_transport(pc: RTCPeerConnection) -> Any:
+    """The one (bundled) DTLS transport of a peer connection, or None before any m-line."""
+    transceivers = pc.getTransceivers()
+    return transceivers[0].receiver.transport if transceivers else None
+
+
+class FastSrtp:
+    """libsrtp called directly on a pylibsrtp session: no per-call allocations.
+
+    pylibsrtp's ``Session.protect`` costs ~2 us; this costs ~0.7-1.4 us. One buffer per
+    session is enough because the hot path is synchronous. Errors return None (a
+    forged or replayed packet is dropped, never raised).
+    """
+
+    __slots__ = ("_buf", "_cdata", "_len", "_session", "_srtp")
+
+    def __init__(self, session: pylibsrtp.Session) -> None:
+        self._session = session  # keeps the srtp_t alive
+        self._srtp = session._srtp[0]
+        self._cdata = ffi.new("char[]", _SRTP_BUFFER)
+        self._buf = ffi.buffer(self._cdata)
+        self._len = ffi.new("int *")
+
+    def _run(self, data: bytes | bytearray, func: Any, trailer: int) -> bytes | None:
+        n = len(data)
+        if n > _SRTP_BUFFER - trailer:
+            return None
+        self._buf[0:n] = data
+        self._len[0] = n
+        if func(self._srtp, self._cdata, self._len):
+            return None
+        return self._buf[0 : self._len[0]]
+
+    def protect(self, packet: bytes | bytearray) -> bytes | None:
+        return self._run(packet, lib.srtp_protect, _SRTP_MAX_TRAILER)
+
+    def protect_rewritten(
+        self, packet: bytes, second_byte: int, seq: int, timestamp: int, ssrc: int
+    ) -> bytes | None:
+        """Copy ``packet`` in, rewrite PT/marker, sequence, timestamp and SSRC, protect.
+
+        One copy in and one out: the rewrite happens inside libsrtp's buffer.
+        """
+        n = len(packet)
+        if n > _SRTP_BUFFER - _SRTP_MAX_TRAILER:
+            return None
+        buf = self._buf
+        buf[0:n] = packet
+        _REWRITE.pack_into(buf, 1, second_byte, seq, timestamp, ssrc)
+        self._len[0] = n
+        if lib.srtp_protect(self._srtp, self._cdata, self._len):
+            return None
+        return buf[0 : self._len[0]]
+
+    def protect_rtcp(self, packet: bytes | bytearray) -> bytes | None:
+        return self._run(packet, lib.srtp_protect_rtcp, _SRTP_MAX_TRAILER)
+
+    def unprotect(self, packet: bytes) -> bytes | None:
+        return self._run(packet, lib.srtp_unprotect, 0)
+
+    def unprotect_rtcp(self, packet: bytes) -> bytes | None:
+        return self._run(packet, lib.srtp_unprotect_rtcp, 0)
+
+
+def srtp_sessions(dtls: Any) -> tuple[FastSrtp, FastSrtp] | None:
+    """(receive, transmit) SRTP sessions once DTLS is connected, else None."""
+    rx, tx = dtls._rx_srtp, dtls._tx_srtp
+    if rx is None or tx is None:
+        return None
+    return FastSrtp(rx), FastSrtp(tx)
+
+
+@dataclass(slots=True)
+class IceRoute:
+    """Where to send: the selected pair's socket and the remote address."""
+
+    transport: asyncio.DatagramTransport
+    remote: tuple[str, int]
+
+
+def selected_route(dtls: Any) -> IceRoute | None:
+    """The nominated ICE pair of component 1, if ICE has completed."""
+    pair = dtls.transport._connection._nominated.get(1)
+    if pair is None or pair.protocol.transport is None:
+        return None
+    return IceRoute(pair.protocol.transport, pair.remote_addr)
+
+
+DatagramHandler = Callable[[bytes, tuple[Any, ...]], bool]
+
+
+def install_datagram_hook(dtls: Any, handler: DatagramHandler) -> int:
+    """Let ``handler(data, addr)`` see every datagram on this transport's ICE sockets first.
+
+    The handler returns True when it consumed the datagram (SRTP/SRTCP), False to hand
+    it to aioice (STUN, DTLS). Exceptions aioice raises on hostile STUN are contained
+    here: they would otherwise escape ``datagram_received``. Returns the number of
+    sockets hooked (call again after new candidates are gathered; it is idempotent).
+    """
+    hooked = 0
+    for protocol in dtls.transport._connection._protocols:
+        if "datagram_received" in vars(protocol):
+            hooked += 1
+            continue
+        original = protocol.datagram_received
+
+        def on_datagram(
+            data: bytes, addr: tuple[Any, ...], _original: Callable[..., None] = original
+        ) -> None:
+            if handler(data, addr):
+                return
+            try:
+                _original(data, addr)
+            except Exception:  # noqa: BLE001 - aioice raises struct.error etc. on bad STUN
+                _stun_errors[0] += 1
+
+        protocol.datagram_received = on_datagram
+        hooked += 1
+    return hooked
+
+
+_stun_errors = [0]
+
+
+def stun_errors() -> int:
+    """How many malformed datagrams aioice raised on (contained by the hook)."""
+    return _stun_errors[0]
+
+
+# --- client-side taps (tests and the load generator) -----------------------------------
+
+RtpTap = Callable[[bytes], None]
+
+
+def tap_sent_rtp(pc: RTCPeerConnection, tap: RtpTap) -> None:
+    """Call ``tap(plain_packet)`` for every RTP/RTCP packet this aiortc peer sends."""
+    dtls = dtls_transport(pc)
+    original = dtls._send_rtp
+
+    async def send_rtp(data: bytes) -> None:
+        tap(data)
+        await original(data)
+
+    dtls._send_rtp = send_rtp
+
+
+def tap_received_rtp(pc: RTCPeerConnection, tap: RtpTap, *, swallow: bool = False) -> None:
+    """Call ``tap(plain_packet)`` for every RTP packet this aiortc peer receives.
+
+    With ``swallow`` the packet goes no further: no jitter buffer, no decoder (a load
+    generator's subscriber that only counts).
+    """
+    dtls = dtls_transport(pc)
+    original = dtls._handle_rtp_data
+
+    async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+        tap(data)
+        if not swallow:
+            await original(data, arrival_time_ms)
+
+    dtls._handle_rtp_data = handle_rtp_data

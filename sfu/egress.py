@@ -1,0 +1,65 @@
+"""Egress: the subscribe side of one participant's media path.
+
+Consumers write RTP straight to the transport; this routes the subscriber's RTCP
+(NACK, PLI/FIR, receiver reports, REMB) back to them and sends their sender reports.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sfu.rtcp import Fir, Nack, Pli, ReceiverReport, Remb, SenderReport, parse_rtcp
+
+if TYPE_CHECKING:
+    from sfu.consumer import Consumer
+
+__all__ = ["Egress"]
+
+
+class Egress:
+    """RTCP demultiplexer and sender-report source for one subscribe peer connection."""
+
+    def __init__(self) -> None:
+        self.consumers: dict[int, Consumer] = {}  # by our media SSRC
+        self.unexpected_rtp = 0
+
+    def add(self, consumer: Consumer) -> None:
+        self.consumers[consumer.ssrc] = consumer
+
+    def remove(self, consumer: Consumer) -> None:
+        if self.consumers.get(consumer.ssrc) is consumer:
+            del self.consumers[consumer.ssrc]
+
+    def on_rtp(self, packet: bytes, now: float) -> None:
+        self.unexpected_rtp += 1  # subscribe PCs are send-only on our side
+
+    def on_rtcp(self, packet: bytes, now: float) -> None:
+        consumers = self.consumers
+        for message in parse_rtcp(packet):
+            if isinstance(message, Nack):
+                consumer = consumers.get(message.media_ssrc)
+                if consumer is not None:
+                    consumer.on_nack(message.seqs)
+            elif isinstance(message, Pli):
+                consumer = consumers.get(message.media_ssrc)
+                if consumer is not None:
+                    consumer.on_keyframe_request(now)
+            elif isinstance(message, Fir):
+                for ssrc, _ in message.entries:
+                    consumer = consumers.get(ssrc)
+                    if consumer is not None:
+                        consumer.on_keyframe_request(now)
+            elif isinstance(message, ReceiverReport | SenderReport):
+                for block in message.reports:
+                    consumer = consumers.get(block.ssrc)
+                    if consumer is not None:
+                        consumer.on_report(block, now)
+            elif isinstance(message, Remb):
+                for ssrc in message.ssrcs:
+                    consumer = consumers.get(ssrc)
+                    if consumer is not None:
+                        consumer.on_remb(message.bitrate)
+
+    def periodic(self, now: float) -> list[bytes]:
+        reports = (consumer.sender_report(now) for consumer in self.consumers.values())
+        return [report for report in reports if report is not None]

@@ -1,0 +1,100 @@
+"""Participant: one joined client, with its publish and subscribe sides."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from sfu.publisher import Publisher
+from sfu.subscriber import Subscriber
+
+if TYPE_CHECKING:
+    from sfu.producer import Producer
+    from sfu.room import Room
+
+__all__ = ["MediaConfig", "Participant"]
+
+OUTBOX_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig:
+    """The media settings every participant's peer connections share."""
+
+    ice_servers: Sequence[Mapping[str, Any]] = ()
+    announce_ip: str | None = None
+    queue_limit: int = 256 * 1024
+    stale_after_s: float = 15.0
+
+
+class Participant:
+    """A client in a room. Messages to it go through a bounded outbox."""
+
+    def __init__(
+        self,
+        *,
+        participant_id: str,
+        identity: str,
+        role: str,
+        grants: frozenset[str],
+        room: Room,
+        media: MediaConfig,
+    ) -> None:
+        self.id = participant_id
+        self.identity = identity
+        self.role = role
+        self.grants = grants
+        self.room = room
+        self.unsubscribed: set[str] = set()
+        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_LIMIT)
+        self.overflowed = False
+        self.log = structlog.get_logger(__name__).bind(room=room.id, participant=participant_id)
+        self.publisher = Publisher(
+            participant_id,
+            ice_servers=media.ice_servers,
+            announce_ip=media.announce_ip,
+            queue_limit=media.queue_limit,
+            stale_after_s=media.stale_after_s,
+            on_added=room.producer_added,
+            on_removed=room.producer_removed,
+        )
+        self.subscriber = Subscriber(
+            participant_id,
+            ice_servers=media.ice_servers,
+            announce_ip=media.announce_ip,
+            queue_limit=media.queue_limit,
+            send=self.send,
+        )
+
+    def describe(self) -> dict[str, str]:
+        """The ``participant`` object of protocol v1."""
+        return {"id": self.id, "identity": self.identity, "role": self.role}
+
+    def can(self, grant: str) -> bool:
+        return grant in self.grants
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Queue a message for the client; a client that stops reading is cut off."""
+        try:
+            self.outbox.put_nowait(message)
+        except asyncio.QueueFull:
+            if not self.overflowed:
+                self.overflowed = True
+                self.log.warning("outbox_overflow")
+
+    def offer_track(self, producer: Producer) -> None:
+        """Forward a track to this participant unless it opted out or cannot receive."""
+        if (
+            producer.participant_id != self.id
+            and self.can("subscribe")
+            and producer.id not in self.unsubscribed
+        ):
+            self.subscriber.want(producer)
+
+    async def close(self) -> None:
+        await self.publisher.close()
+        await self.subscriber.close()

@@ -1,0 +1,33 @@
+"""Server-side peer connections and the SDP they hand out."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc.rtcconfiguration import RTCBundlePolicy
+
+__all__ = ["announce_address", "new_peer_connection"]
+
+_HOST_CANDIDATE = re.compile(
+    r"^(a=candidate:\S+ \d+ \S+ \d+ )(\S+)( \d+ typ host.*)$", re.MULTILINE
+)
+
+
+def new_peer_connection(ice_servers: Sequence[Mapping[str, Any]]) -> RTCPeerConnection:
+    """A bundled peer connection that never uses aiortc's default public STUN server."""
+    servers = [
+        RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+        for s in ice_servers
+    ]
+    config = RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+    return RTCPeerConnection(config)
+
+
+def announce_address(sdp: str, address: str | None) -> str:
+    """Write the public address into host candidates (a server behind 1:1 NAT)."""
+    if not address:
+        return sdp
+    return _HOST_CANDIDATE.sub(lambda m: m.group(1) + address + m.group(3), sdp)

@@ -1,0 +1,178 @@
+"""Producer: one incoming track, fanned out packet by packet to its consumers.
+
+The per-packet work is here and in :mod:`sfu.consumer`: read sequence number and
+timestamp, update receive statistics, note gaps for NACK, translate header-extension
+ids once, cache the packet for retransmissions, detect a keyframe start (without
+decoding), and hand the same bytes to every consumer.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from sfu.codec import Codec
+from sfu.keyframes import is_keyframe_start
+from sfu.packet_cache import PacketCache
+from sfu.receive_stats import NackTracker, ReceiveStats
+from sfu.rtp import payload_offset, rtx_unwrap, translate_extensions
+
+if TYPE_CHECKING:
+    from sfu.consumer import Consumer
+
+__all__ = ["KEYFRAME_REQUEST_INTERVAL_S", "Producer", "ProducerFeedback", "SenderClock"]
+
+KEYFRAME_REQUEST_INTERVAL_S = 0.5  # at most one PLI upstream per producer per 500 ms
+VIDEO_CACHE_PACKETS = 1024
+AUDIO_CACHE_PACKETS = 128
+
+_TIMESTAMP = struct.Struct("!I")
+
+
+@dataclass(slots=True)
+class SenderClock:
+    """The publisher's last sender report: its NTP time for an RTP timestamp."""
+
+    ntp: int
+    rtp_ts: int
+    received_at: float
+
+
+class ProducerFeedback(Protocol):
+    """What a producer asks of the publish side (PLI, NACK timers)."""
+
+    def request_keyframe(self, producer: Producer) -> None: ...
+
+    def nack_pending(self, producer: Producer) -> None: ...
+
+
+class Producer:
+    """An incoming track of a publisher, identified by its media SSRC."""
+
+    def __init__(
+        self,
+        *,
+        track_id: str,
+        participant_id: str,
+        kind: str,
+        mid: str,
+        codec: Codec,
+        ssrc: int | None,
+        rtx_ssrc: int | None,
+        extension_map: Sequence[int],
+        feedback: ProducerFeedback,
+        now: float,
+    ) -> None:
+        self.id = track_id
+        self.participant_id = participant_id
+        self.kind = kind
+        self.mid = mid
+        self.codec = codec
+        self.ssrc = ssrc
+        self.rtx_ssrc = rtx_ssrc
+        self.muted = False
+        self.closed = False
+        self.consumers: list[Consumer] = []
+        self.stats = ReceiveStats(codec.clock_rate)
+        self.nacks = NackTracker()
+        self.cache = PacketCache(VIDEO_CACHE_PACKETS if kind == "video" else AUDIO_CACHE_PACKETS)
+        self.sender_clock: SenderClock | None = None
+        self.created_at = now
+        self.last_packet_at = now
+        self.last_keyframe_at = -1.0
+        self.last_keyframe_request_at = -1e9
+        self.keyframe_requests = 0
+        self.packets = 0
+        self._feedback = feedback
+        self._extension_map = extension_map
+        self._identity_extensions = all(extension_map[i] == i for i in range(1, 256))
+        self._codec_name = codec.name
+        self._on_close: list[Callable[[Producer], None]] = []
+
+    def describe(self) -> dict[str, object]:
+        """The ``track`` object of protocol v1."""
+        return {"id": self.id, "kind": self.kind, "participant": self.participant_id,
+                "muted": self.muted}
+
+    # --- hot path -------------------------------------------------------------------
+
+    def on_rtp(self, packet: bytes, now: float) -> None:
+        seq = (packet[2] << 8) | packet[3]
+        ts = _TIMESTAMP.unpack_from(packet, 4)[0]
+        self.packets += 1
+        self.last_packet_at = now
+        self.stats.update(seq, ts, now)
+        if self.nacks.on_packet(seq, now):
+            self._feedback.nack_pending(self)
+        if packet[0] & 0x10 and not self._identity_extensions:
+            translated = translate_extensions(packet, self._extension_map)
+            if translated is None:
+                return  # malformed extension block: never forwarded, never cached
+            packet = translated
+        offset = payload_offset(packet)
+        if offset < 0:
+            return
+        self.cache.put(seq, packet)
+        keyframe = is_keyframe_start(self._codec_name, memoryview(packet)[offset:])
+        if keyframe and self.kind == "video":
+            self.last_keyframe_at = now
+        if self.muted:
+            return
+        for consumer in self.consumers:
+            consumer.forward(packet, seq, ts, keyframe)
+
+    def on_rtx(self, packet: bytes, now: float) -> None:
+        """A retransmission (RFC 4588) answering one of our NACKs."""
+        if self.ssrc is None:
+            return
+        original = rtx_unwrap(packet, self.ssrc, self.codec.payload_type)
+        if original is not None:
+            self.on_rtp(original, now)
+
+    # --- control --------------------------------------------------------------------
+
+    def on_sender_report(self, ntp: int, rtp_ts: int, now: float) -> None:
+        self.sender_clock = SenderClock(ntp, rtp_ts, now)
+
+    def set_muted(self, muted: bool, now: float) -> None:
+        if muted == self.muted:
+            return
+        self.muted = muted
+        for consumer in self.consumers:
+            if muted:
+                consumer.hold()
+            else:
+                consumer.restart(now)
+
+    def request_keyframe(self, now: float) -> bool:
+        """Ask the publisher for a keyframe, at most every 500 ms; True if sent."""
+        if self.kind != "video" or now - self.last_keyframe_request_at < KEYFRAME_REQUEST_INTERVAL_S:
+            return False
+        self.last_keyframe_request_at = now
+        self.keyframe_requests += 1
+        self._feedback.request_keyframe(self)
+        return True
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        self.consumers.append(consumer)
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        if consumer in self.consumers:
+            self.consumers.remove(consumer)
+
+    def on_close(self, callback: Callable[[Producer], None]) -> None:
+        self._on_close.append(callback)
+
+    def close(self) -> None:
+        """Producer gone (unpublished, publisher left, ICE failed, silent too long)."""
+        if self.closed:
+            return
+        self.closed = True
+        consumers, self.consumers = self.consumers, []
+        for consumer in consumers:
+            consumer.producer_closed()
+        self.cache.clear()
+        for callback in self._on_close:
+            callback(self)

@@ -1,0 +1,210 @@
+"""The media path of one server-side peer connection: datagrams in, datagrams out.
+
+``datagram → guards → SRTP unprotect → sink`` runs synchronously inside the socket's
+``datagram_received``; sending is ``rewrite + SRTP protect`` in libsrtp's buffer and a
+``sendto`` on the selected ICE pair. No ``await``, task or queue per packet. RTCP reports
+and other timers run as one periodic task per transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from aiortc import RTCPeerConnection
+
+from sfu import aiortc_bridge as bridge
+
+__all__ = ["MediaTransport", "RtcpPeer", "TransportCounters"]
+
+log = structlog.get_logger(__name__)
+
+MAX_DATAGRAM = 1500
+RTCP_INTERVAL_S = 1.0
+
+
+class RtcpPeer(Protocol):
+    """What a transport's owner provides: where packets go and what reports to send."""
+
+    def on_rtp(self, packet: bytes, now: float) -> None: ...
+
+    def on_rtcp(self, packet: bytes, now: float) -> None: ...
+
+    def periodic(self, now: float) -> list[bytes]: ...
+
+
+@dataclass(slots=True)
+class TransportCounters:
+    rtp_in: int = 0
+    rtcp_in: int = 0
+    rtp_out: int = 0
+    rtcp_out: int = 0
+    bytes_out: int = 0
+    dropped_empty: int = 0
+    dropped_oversize: int = 0
+    dropped_foreign: int = 0
+    dropped_unready: int = 0
+    dropped_srtp: int = 0
+    dropped_queue_full: int = 0
+
+
+class MediaTransport:
+    """Owns the fast path of one bundled peer connection."""
+
+    def __init__(self, pc: RTCPeerConnection, peer: RtcpPeer, *, queue_limit: int) -> None:
+        self.pc = pc
+        self.peer = peer
+        self.counters = TransportCounters()
+        self._queue_limit = queue_limit
+        self._dtls: Any = None
+        self._rx: bridge.FastSrtp | None = None
+        self._tx: bridge.FastSrtp | None = None
+        self._route: bridge.IceRoute | None = None
+        self._remote: tuple[Any, ...] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.on_connected: Callable[[], None] | None = None
+
+    # --- lifecycle --------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Hook the ICE sockets; call after every setLocalDescription (idempotent)."""
+        dtls = bridge.dtls_transport(self.pc)
+        if dtls is None:
+            return
+        if self._dtls is None:
+            self._dtls = dtls
+            dtls.on("statechange", self._on_dtls_state)
+            self._task = asyncio.get_running_loop().create_task(self._run_periodic())
+        bridge.install_datagram_hook(dtls, self._on_datagram)
+        self._on_dtls_state()
+
+    @property
+    def ready(self) -> bool:
+        return self._tx is not None and self._route is not None
+
+    def _on_dtls_state(self) -> None:
+        if self._dtls is None or self._dtls.state != "connected" or self._tx is not None:
+            return
+        sessions = bridge.srtp_sessions(self._dtls)
+        route = bridge.selected_route(self._dtls)
+        if sessions is None or route is None:
+            return
+        self._rx, self._tx = sessions
+        self._route = route
+        self._remote = route.remote
+        if self.on_connected is not None:
+            self.on_connected()
+
+    async def close(self) -> None:
+        self._closed = True
+        self._rx = self._tx = None
+        self._route = None
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        try:
+            await self.pc.close()
+        except Exception as exc:  # noqa: BLE001 - aiortc can raise from half-built PCs
+            log.warning("pc_close_failed", error=repr(exc))
+
+    # --- receive ------------------------------------------------------------------
+
+    def _on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> bool:
+        """First look at every datagram of this PC's sockets; True = consumed."""
+        n = len(data)
+        if n == 0:
+            # aiortc's _recv_next dies on an empty datagram (IndexError).
+            self.counters.dropped_empty += 1
+            return True
+        first = data[0]
+        if first < 128 or first > 191:
+            return False  # STUN or DTLS: aioice and aiortc handle those
+        counters = self.counters
+        if n > MAX_DATAGRAM or n < 12:
+            counters.dropped_oversize += 1  # pylibsrtp raises "packet is too long"
+            return True
+        rx = self._rx
+        if rx is None:
+            counters.dropped_unready += 1
+            return True
+        if addr != self._remote and not self._follow_route(addr):
+            counters.dropped_foreign += 1
+            return True
+        now = time.monotonic()
+        if 191 < data[1] < 224:
+            plain = rx.unprotect_rtcp(data)
+            if plain is None:
+                counters.dropped_srtp += 1
+                return True
+            counters.rtcp_in += 1
+            self.peer.on_rtcp(plain, now)
+        else:
+            plain = rx.unprotect(data)
+            if plain is None:
+                counters.dropped_srtp += 1
+                return True
+            counters.rtp_in += 1
+            self.peer.on_rtp(plain, now)
+        return True
+
+    def _follow_route(self, addr: tuple[Any, ...]) -> bool:
+        """Accept media only from the selected ICE pair (re-read if ICE moved it)."""
+        if self._dtls is None:
+            return False
+        route = bridge.selected_route(self._dtls)
+        if route is None or (addr[0], addr[1]) != route.remote:
+            return False
+        self._route = route
+        self._remote = addr
+        return True
+
+    # --- send ---------------------------------------------------------------------
+
+    def send_rtp(self, packet: bytes, second_byte: int, seq: int, ts: int, ssrc: int) -> bool:
+        """Rewrite, protect and send one RTP packet; False if it was dropped."""
+        tx, route = self._tx, self._route
+        if tx is None or route is None:
+            self.counters.dropped_unready += 1
+            return False
+        transport = route.transport
+        if transport.get_write_buffer_size() > self._queue_limit:
+            # Bounded queue: a slow subscriber loses packets, nobody else waits.
+            self.counters.dropped_queue_full += 1
+            return False
+        data = tx.protect_rewritten(packet, second_byte, seq, ts, ssrc)
+        if data is None:
+            self.counters.dropped_srtp += 1
+            return False
+        transport.sendto(data, route.remote)
+        self.counters.rtp_out += 1
+        self.counters.bytes_out += len(data)
+        return True
+
+    def send_rtcp(self, packet: bytes) -> None:
+        tx, route = self._tx, self._route
+        if tx is None or route is None:
+            return
+        data = tx.protect_rtcp(packet)
+        if data is None:
+            self.counters.dropped_srtp += 1
+            return
+        route.transport.sendto(data, route.remote)
+        self.counters.rtcp_out += 1
+
+    # --- timers ---------------------------------------------------------------------
+
+    async def _run_periodic(self) -> None:
+        """RTCP reports (RFC 3550 interval randomised to 0.5-1.5x) and housekeeping."""
+        while not self._closed:
+            await asyncio.sleep(RTCP_INTERVAL_S * (0.5 + random.random()))
+            try:
+                for packet in self.peer.periodic(time.monotonic()):
+                    self.send_rtcp(packet)
+            except Exception:  # noqa: BLE001 - a report bug must not kill the call
+                log.exception("rtcp_periodic_failed")

@@ -1,0 +1,246 @@
+"""Protocol v1 request handlers: one small function per client message type."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiortc import RTCIceCandidate
+from aiortc.sdp import candidate_from_sdp
+
+from sfu.ids import new_id
+from sfu.participant import Participant
+from sfu.sdp_guard import SdpError
+from sfu.tokens import TokenError
+from signaling.access import verify_access_token
+from signaling.messages import ProtocolError, optional, require
+
+if TYPE_CHECKING:
+    from sfu.producer import Producer
+    from sfu.room import Room
+    from signaling.session import SignalSession
+
+__all__ = ["HANDLERS", "dispatch"]
+
+Handler = Callable[["SignalSession", dict[str, Any], "str | None"], Awaitable[None]]
+MAX_TRACKS_PER_REQUEST = 64
+QUALITIES = ("low", "medium", "high")
+
+
+async def dispatch(session: SignalSession, message: dict[str, Any], request_id: str | None) -> None:
+    kind = message["type"]
+    if session.participant is None and kind != "join":
+        raise ProtocolError("unauthenticated", "the first message must be 'join'")
+    handler = HANDLERS.get(kind)
+    if handler is None:
+        raise ProtocolError("bad_request", f"unknown message type {kind[:40]!r}")
+    await handler(session, message, request_id)
+
+
+def _joined(session: SignalSession) -> tuple[Participant, Room]:
+    assert session.participant is not None and session.room is not None
+    return session.participant, session.room
+
+
+def _need(participant: Participant, grant: str) -> None:
+    if not participant.can(grant):
+        raise ProtocolError("forbidden", f"this token has no '{grant}' grant")
+
+
+def _track(room: Room, track_id: str) -> Producer:
+    producer = room.tracks.get(track_id)
+    if producer is None:
+        raise ProtocolError("not_found", f"no track {track_id[:40]!r} in this room")
+    return producer
+
+
+def _ok(session: SignalSession, request_id: str | None) -> None:
+    session.reply(request_id, {"type": "ok"})
+
+
+async def on_join(session: SignalSession, message: dict[str, Any], request_id: str | None) -> None:
+    if session.participant is not None:
+        raise ProtocolError("conflict", "already joined")
+    server = session.server
+    if server.closing:
+        raise ProtocolError("unauthenticated", "the server is shutting down")
+    token = message.get("token")
+    if not isinstance(token, str):
+        raise ProtocolError("unauthenticated", "'join' needs an access token")
+    try:
+        claims = verify_access_token(server.keys, token, issuer=server.settings.issuer,
+                                     leeway_s=server.settings.token_leeway_s)
+    except TokenError as exc:
+        raise ProtocolError("unauthenticated", f"invalid token: {exc}") from None
+    asked_room = optional(message, "room", str, max_len=128)
+    if asked_room is not None and asked_room != claims.room:
+        raise ProtocolError("forbidden", "the token is for another room")
+    room = server.rooms.get_or_create(claims.room)
+    participant = Participant(
+        participant_id=new_id("PA"),
+        identity=claims.identity,
+        role=claims.role,
+        grants=claims.grants,
+        room=room,
+        media=server.media,
+    )
+    session.room = room
+    session.log = participant.log
+    session.start_writer(participant)
+    session.reply(request_id, {
+        "type": "joined",
+        "participant": participant.describe(),
+        "room": room.describe(),
+        "participants": [p.describe() for p in room.participants.values()],
+        "tracks": [t.describe() for t in room.tracks.values()],
+        "recording": {"active": False, "recording": None, "participants": []},
+        "ice_servers": [dict(s) for s in server.media.ice_servers],
+    })
+    room.join(participant)
+
+
+async def on_publish(session: SignalSession, message: dict[str, Any], request_id: str | None) -> None:
+    participant, _ = _joined(session)
+    _need(participant, "publish")
+    sdp = require(message, "sdp", str)
+    try:
+        answer, _ = await participant.publisher.negotiate(sdp)
+    except SdpError as exc:
+        raise ProtocolError("bad_request", f"publish: {exc}") from None
+    tracks = [p.describe() for p in participant.publisher.producers.values()]
+    session.reply(request_id, {"type": "published", "sdp": answer, "tracks": tracks})
+
+
+async def on_answer(session: SignalSession, message: dict[str, Any], request_id: str | None) -> None:
+    participant, _ = _joined(session)
+    sdp = require(message, "sdp", str)
+    try:
+        accepted = participant.subscriber.on_answer(sdp)
+    except SdpError as exc:
+        raise ProtocolError("bad_request", f"answer: {exc}") from None
+    if not accepted:
+        raise ProtocolError("conflict", "there is no outstanding offer to answer")
+
+
+async def on_candidate(session: SignalSession, message: dict[str, Any], request_id: str | None) -> None:
+    participant, _ = _joined(session)
+    which = require(message, "pc", str)
+    if which not in ("publish", "subscribe"):
+        raise ProtocolError("bad_request", "'pc' must be 'publish' or 'subscribe'")
+    pc = participant.publisher.pc if which == "publish" else participant.subscriber.pc
+    if pc is None:
+        raise ProtocolError("bad_request", f"there is no {which} peer connection yet")
+    if "candidate" not in message:
+        raise ProtocolError("bad_request", "'candidate' is required (null ends trickling)")
+    raw = message["candidate"]
+    if raw is None:
+        return
+    if not isinstance(raw, dict):
+        raise ProtocolError("bad_request", "'candidate' must be an object or null")
+    line = require(raw, "candidate", str, max_len=1024)
+    if not line:
+        return  # an empty candidate is the browser's end-of-candidates
+    candidate = _parse_candidate(line)
+    candidate.sdpMid = optional(raw, "sdpMid", str, max_len=32)
+    candidate.sdpMLineIndex = optional(raw, "sdpMLineIndex", int)
+    if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
+        candidate.sdpMLineIndex = 0
+    try:
+        await pc.addIceCandidate(candidate)
+    except Exception as exc:  # noqa: BLE001 - aiortc raises ValueError/AssertionError/...
+        raise ProtocolError("bad_request", f"candidate refused ({type(exc).__name__})") from None
+
+
+def _parse_candidate(line: str) -> RTCIceCandidate:
+    text = line.removeprefix("candidate:")
+    bits = text.split()
+    if len(bits) < 8 or bits[6] != "typ" or not bits[1].isdigit() or not bits[5].isdigit() \
+            or not 0 < int(bits[5]) < 65536:
+        raise ProtocolError("bad_request", "malformed ICE candidate")
+    try:
+        return candidate_from_sdp(text)
+    except Exception:  # noqa: BLE001
+        raise ProtocolError("bad_request", "malformed ICE candidate") from None
+
+
+def _track_ids(message: dict[str, Any]) -> list[str]:
+    ids = require(message, "tracks", list, max_len=MAX_TRACKS_PER_REQUEST)
+    if not all(isinstance(i, str) and 0 < len(i) <= 64 for i in ids):
+        raise ProtocolError("bad_request", "'tracks' must be a list of track ids")
+    return ids
+
+
+async def on_subscribe(session: SignalSession, message: dict[str, Any], request_id: str | None) -> None:
+    participant, room = _joined(session)
+    _need(participant, "subscribe")
+    producers = [_track(room, track_id) for track_id in _track_ids(message)]
+    for producer in producers:
+        participant.unsubscribed.discard(producer.id)
+        participant.offer_track(producer)
+    _ok(session, request_id)
+
+
+async def on_unsubscribe(session: SignalSession, message: dict[str, Any], request_id: str | None) -> None:
+    participant, room = _joined(session)
+    _need(participant, "subscribe")
+    producers = [_track(room, track_id) for track_id in _track_ids(message)]
+    for producer in producers:
+        participant.unsubscribed.add(producer.id)
+        participant.subscriber.drop(producer.id)
+    _ok(session, request_id)
+
+
+async def on_mute(session: SignalSession, message: dict[str, Any], request_id: str | None) -> None:
+    participant, room = _joined(session)
+    producer = _track(room, require(message, "track", str, max_len=64))
+    muted = require(message, "muted", bool)
+    if producer.participant_id != participant.id:
+        raise ProtocolError("forbidden", "only the publisher can mute its track")
+    room.set_muted(producer, muted, time.monotonic())
+    _ok(session, request_id)
+
+
+async def on_track_settings(
+    session: SignalSession, message: dict[str, Any], request_id: str | None
+) -> None:
+    participant, room = _joined(session)
+    producer = _track(room, require(message, "track", str, max_len=64))
+    quality = optional(message, "quality", str)
+    if quality is not None and quality not in QUALITIES:
+        raise ProtocolError("bad_request", "'quality' must be low, medium or high")
+    width, height = optional(message, "width", int), optional(message, "height", int)
+    if (width is None) != (height is None) or any(
+        v is not None and not 0 <= v <= 16384 for v in (width, height)
+    ):
+        raise ProtocolError("bad_request", "'width' and 'height' go together, 0..16384")
+    paused = optional(message, "paused", bool)
+    if quality is None and width is None and paused is None:
+        raise ProtocolError("bad_request", "give 'quality', 'width'+'height' or 'paused'")
+    # With one layer per track (no simulcast yet) quality and size select nothing;
+    # pausing stops forwarding that track to this subscriber until it is resumed.
+    if paused is not None:
+        participant.subscriber.set_paused(producer.id, paused)
+    _ok(session, request_id)
+
+
+async def on_leave(session: SignalSession, message: dict[str, Any], request_id: str | None) -> None:
+    session.close_after_flush(1000)
+
+
+async def on_ping(session: SignalSession, message: dict[str, Any], request_id: str | None) -> None:
+    session.reply(request_id, {"type": "pong"})
+
+
+HANDLERS: dict[str, Handler] = {
+    "join": on_join,
+    "publish": on_publish,
+    "answer": on_answer,
+    "candidate": on_candidate,
+    "subscribe": on_subscribe,
+    "unsubscribe": on_unsubscribe,
+    "mute": on_mute,
+    "track.settings": on_track_settings,
+    "leave": on_leave,
+    "ping": on_ping,
+}
