@@ -18,7 +18,6 @@ loudly instead of forwarding nothing.
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,17 +60,17 @@ __all__ = [
     "install_datagram_hook",
     "negotiated_codecs",
     "negotiated_extensions",
+    "parse_sdp",
     "peer_cname",
     "restrict_answer_codecs",
+    "restrict_host_addresses",
+    "selected_route",
+    "sender_ssrcs",
+    "set_sender_identity",
+    "srtp_sessions",
     "stun_errors",
     "tap_received_rtp",
     "tap_sent_rtp",
-    "parse_sdp",
-    "restrict_host_addresses",
-    "selected_route",
-    "set_sender_identity",
-    "sender_ssrcs",
-    "srtp_sessions",
 ]
 
 PINNED_VERSIONS = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
@@ -114,7 +113,7 @@ class TranscodingForbidden(RuntimeError):
     """Raised if anything asks aiortc for a decoder or an encoder on the server."""
 
 
-def check_contract(*, check_versions: bool = True) -> None:
+async def check_contract(*, check_versions: bool = True) -> None:
     """Fail loudly when the private API the SFU depends on is missing or changed."""
     problems: list[str] = []
     if check_versions:
@@ -138,22 +137,16 @@ def check_contract(*, check_versions: bool = True) -> None:
             (transceiver, ("_codecs", "_headerExtensions")),
             (pc, ("_RTCPeerConnection__cname",)),
         ):
-            problems += [f"{type(obj).__name__}.{n} is missing" for n in names if not hasattr(obj, n)]
+            missing = [n for n in names if not hasattr(obj, n)]
+            problems += [f"{type(obj).__name__}.{n} is missing" for n in missing]
     finally:
-        _close_soon(pc)
+        await pc.close()
     if problems:
         raise ContractError("aiortc private API changed: " + "; ".join(problems))
 
 
-def _close_soon(pc: RTCPeerConnection) -> None:
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    loop.create_task(pc.close())
-
-
 # --- process-wide switches -------------------------------------------------------------
+
 
 def restrict_host_addresses(addresses: Sequence[str]) -> None:
     """Make aioice gather host candidates on exactly these addresses.
@@ -194,6 +187,7 @@ def forbid_transcoding() -> None:
 
 # --- SDP --------------------------------------------------------------------------------
 
+
 def parse_sdp(text: str) -> Any:
     """aiortc's SDP parser (``aiortc.sdp.SessionDescription``); raises on bad input."""
     return aiortc.sdp.SessionDescription.parse(text)
@@ -206,7 +200,8 @@ def egress_extension_ids(kind: str) -> dict[str, int]:
 
 # --- receivers and senders that only forward ------------------------------------------
 
-class ForwardingReceiver(RTCRtpReceiver):  # type: ignore[misc]
+
+class ForwardingReceiver(RTCRtpReceiver):
     """A receiver that keeps its negotiated parameters and nothing else.
 
     Media reaches producers through the datagram hook, so no decoder thread, jitter
@@ -228,7 +223,7 @@ class ForwardingReceiver(RTCRtpReceiver):  # type: ignore[misc]
 SendParametersCallback = Callable[[RTCRtpSendParameters], None]
 
 
-class ForwardingSender(RTCRtpSender):  # type: ignore[misc]
+class ForwardingSender(RTCRtpSender):
     """A sender that never encodes: consumers write RTP on the wire themselves.
 
     aiortc calls :meth:`send` once DTLS is up and the m-line is negotiated; that is the
@@ -247,19 +242,21 @@ class ForwardingSender(RTCRtpSender):  # type: ignore[misc]
         self.sfu_on_parameters = None
 
 
-def adopt_receiver(receiver: RTCRtpReceiver) -> ForwardingReceiver:
+def adopt_receiver(receiver: Any) -> ForwardingReceiver:
     """Turn a stock receiver (not yet started) into a forwarding one."""
     receiver.__class__ = ForwardingReceiver
     receiver.sfu_parameters = None
-    return receiver  # type: ignore[no-any-return]
+    assert isinstance(receiver, ForwardingReceiver)
+    return receiver
 
 
-def adopt_sender(sender: RTCRtpSender, on_parameters: SendParametersCallback) -> ForwardingSender:
+def adopt_sender(sender: Any, on_parameters: SendParametersCallback) -> ForwardingSender:
     """Turn a stock sender (not yet started) into a forwarding one."""
     sender.__class__ = ForwardingSender
     sender.sfu_parameters = None
     sender.sfu_on_parameters = on_parameters
-    return sender  # type: ignore[no-any-return]
+    assert isinstance(sender, ForwardingSender)
+    return sender
 
 
 def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
@@ -292,12 +289,13 @@ def negotiated_extensions(transceiver: Any) -> list[RTCRtpHeaderExtensionParamet
     return list(transceiver._headerExtensions)
 
 
-def peer_cname(pc: RTCPeerConnection) -> str:
+def peer_cname(pc: Any) -> str:
     """The RTCP CNAME aiortc writes into this peer connection's SDP."""
     return str(pc._RTCPeerConnection__cname)
 
 
 # --- the media path -------------------------------------------------------------------
+
 
 def dtls_transport(pc: RTCPeerConnection) -> Any:
     """The one (bundled) DTLS transport of a peer connection, or None before any m-line."""
@@ -330,7 +328,8 @@ class FastSrtp:
         self._len[0] = n
         if func(self._srtp, self._cdata, self._len):
             return None
-        return self._buf[0 : self._len[0]]
+        out: bytes = self._buf[0 : self._len[0]]
+        return out
 
     def protect(self, packet: bytes | bytearray) -> bytes | None:
         return self._run(packet, lib.srtp_protect, _SRTP_MAX_TRAILER)
@@ -351,7 +350,8 @@ class FastSrtp:
         self._len[0] = n
         if lib.srtp_protect(self._srtp, self._cdata, self._len):
             return None
-        return buf[0 : self._len[0]]
+        data: bytes = buf[0 : self._len[0]]
+        return data
 
     def protect_rtcp(self, packet: bytes | bytearray) -> bytes | None:
         return self._run(packet, lib.srtp_protect_rtcp, _SRTP_MAX_TRAILER)
@@ -375,7 +375,7 @@ def srtp_sessions(dtls: Any) -> tuple[FastSrtp, FastSrtp] | None:
 class IceRoute:
     """Where to send: the selected pair's socket and the remote address."""
 
-    transport: asyncio.DatagramTransport
+    transport: Any  # asyncio or uvloop datagram transport (has get_write_buffer_size)
     remote: tuple[str, int]
 
 

@@ -135,8 +135,9 @@ class Consumer:
             return
         out_seq = (seq + self.seq_offset) & 0xFFFF
         out_ts = (ts + self.ts_offset) & 0xFFFFFFFF
-        if self.transport.send_rtp(packet, (second & 0x80) | self.payload_type, out_seq, out_ts,
-                                   self.ssrc):
+        if self.transport.send_rtp(
+            packet, (second & 0x80) | self.payload_type, out_seq, out_ts, self.ssrc
+        ):
             self.packets += 1
             self.octets += len(packet) - 12
             self.last_seq = out_seq
@@ -211,8 +212,9 @@ class Consumer:
             ntp = ntp_now()
             rtp_ts = (self.last_ts + int((now - producer.last_packet_at) * rate)) & 0xFFFFFFFF
         self._last_sr = (ntp_middle32(ntp), now)
-        return build_sr(self.ssrc, ntp, rtp_ts, self.packets & 0xFFFFFFFF,
-                        self.octets & 0xFFFFFFFF) + build_sdes(self.ssrc, self.cname)
+        return build_sr(
+            self.ssrc, ntp, rtp_ts, self.packets & 0xFFFFFFFF, self.octets & 0xFFFFFFFF
+        ) + build_sdes(self.ssrc, self.cname)
 
     def producer_closed(self) -> None:
         self.state = ConsumerState.CLOSED

@@ -93,8 +93,12 @@ class Producer:
 
     def describe(self) -> dict[str, object]:
         """The ``track`` object of protocol v1."""
-        return {"id": self.id, "kind": self.kind, "participant": self.participant_id,
-                "muted": self.muted}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "participant": self.participant_id,
+            "muted": self.muted,
+        }
 
     # --- hot path -------------------------------------------------------------------
 
@@ -148,7 +152,10 @@ class Producer:
 
     def request_keyframe(self, now: float) -> bool:
         """Ask the publisher for a keyframe, at most every 500 ms; True if sent."""
-        if self.kind != "video" or now - self.last_keyframe_request_at < KEYFRAME_REQUEST_INTERVAL_S:
+        if (
+            self.kind != "video"
+            or now - self.last_keyframe_request_at < KEYFRAME_REQUEST_INTERVAL_S
+        ):
             return False
         self.last_keyframe_request_at = now
         self.keyframe_requests += 1

@@ -75,7 +75,9 @@ class Publisher:
             except Exception as exc:  # noqa: BLE001 - never let aiortc kill the session
                 log.warning("publish_negotiation_failed", error=repr(exc))
                 await self._reset()
-                raise SdpError(f"the offer could not be negotiated ({type(exc).__name__})") from None
+                raise SdpError(
+                    f"the offer could not be negotiated ({type(exc).__name__})"
+                ) from None
             added = self._update_producers(parsed, summary.media)
         return announce_address(answer, self._announce_ip), added
 
@@ -104,11 +106,12 @@ class Publisher:
         self.transport = MediaTransport(pc, self.ingress, queue_limit=self._queue_limit)
         self.ingress.transport = self.transport
 
-        @pc.on("connectionstatechange")  # type: ignore[misc]
+        @pc.on("connectionstatechange")
         async def on_state() -> None:
             if pc.connectionState in ("failed", "closed") and not self._closed:
-                log.info("publish_pc_down", participant=self.participant_id,
-                         state=pc.connectionState)
+                log.info(
+                    "publish_pc_down", participant=self.participant_id, state=pc.connectionState
+                )
                 for producer in list(self.producers.values()):
                     self._remove(producer)
 

@@ -34,8 +34,13 @@ class Room:
         )
         for producer in self.tracks.values():
             participant.offer_track(producer)
-        log.info("participant_joined", room=self.id, participant=participant.id,
-                 identity=participant.identity, role=participant.role)
+        log.info(
+            "participant_joined",
+            room=self.id,
+            participant=participant.id,
+            identity=participant.identity,
+            role=participant.role,
+        )
 
     async def leave(self, participant: Participant) -> None:
         if self.participants.pop(participant.id, None) is None:

@@ -23,8 +23,22 @@ _FINGERPRINT_ALGORITHMS = {"sha-1", "sha-224", "sha-256", "sha-384", "sha-512"}
 _SETUP_ROLES = {"actpass", "active", "passive"}
 _DIRECTIONS = {"sendrecv", "sendonly", "recvonly", "inactive"}
 _NEEDS_VALUE = {
-    "rtpmap", "fmtp", "extmap", "setup", "fingerprint", "ice-ufrag", "ice-pwd", "mid",
-    "msid", "candidate", "ssrc", "ssrc-group", "rtcp-fb", "group", "rid", "simulcast",
+    "rtpmap",
+    "fmtp",
+    "extmap",
+    "setup",
+    "fingerprint",
+    "ice-ufrag",
+    "ice-pwd",
+    "mid",
+    "msid",
+    "candidate",
+    "ssrc",
+    "ssrc-group",
+    "rtcp-fb",
+    "group",
+    "rid",
+    "simulcast",
 }
 
 

@@ -19,8 +19,9 @@ log = structlog.get_logger(__name__)
 class Server:
     """Owns the room registry; the signalling layer asks it for rooms."""
 
-    def __init__(self, settings: Settings, keys: KeyStore,
-                 rooms: RoomRegistry | None = None) -> None:
+    def __init__(
+        self, settings: Settings, keys: KeyStore, rooms: RoomRegistry | None = None
+    ) -> None:
         self.settings = settings
         self.keys = keys
         self.rooms: RoomRegistry = rooms if rooms is not None else LocalRoomRegistry()

@@ -29,7 +29,7 @@ def run(settings: Settings) -> int:
 
 
 async def _serve(settings: Settings) -> int:
-    bridge.check_contract()
+    await bridge.check_contract()
     bridge.restrict_host_addresses(settings.ice_hosts)
     bridge.forbid_transcoding()
     keys = KeyStore.open(settings.data_dir)
@@ -39,8 +39,13 @@ async def _serve(settings: Settings) -> int:
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
     port = runner.addresses[0][1]
-    log.info("listening", url=f"http://{settings.host}:{port}", port=port,
-             data_dir=str(settings.data_dir), ice_hosts=list(settings.ice_hosts))
+    log.info(
+        "listening",
+        url=f"http://{settings.host}:{port}",
+        port=port,
+        data_dir=str(settings.data_dir),
+        ice_hosts=list(settings.ice_hosts),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -96,8 +96,9 @@ class Subscriber:
                 log.warning("subscribe_answer_timeout", participant=self.participant_id)
                 return
             except Exception as exc:  # noqa: BLE001 - keep the session alive
-                log.warning("subscribe_negotiation_failed", participant=self.participant_id,
-                            error=repr(exc))
+                log.warning(
+                    "subscribe_negotiation_failed", participant=self.participant_id, error=repr(exc)
+                )
                 return
 
     def _apply_changes(self) -> bool:
@@ -166,11 +167,13 @@ class Subscriber:
         mids = {t.mid: track_id for track_id, t in self._transceivers.items()}
         self._answer = asyncio.get_running_loop().create_future()
         self.negotiations += 1
-        self._send({
-            "type": "offer",
-            "sdp": announce_address(pc.localDescription.sdp, self._announce_ip),
-            "tracks": mids,
-        })
+        self._send(
+            {
+                "type": "offer",
+                "sdp": announce_address(pc.localDescription.sdp, self._announce_ip),
+                "tracks": mids,
+            }
+        )
         try:
             answer = await asyncio.wait_for(self._answer, ANSWER_TIMEOUT_S)
         finally:
@@ -215,6 +218,7 @@ def _capabilities_for(producer: Producer) -> list[Any]:
 
 def _payload_types(parameters: RTCRtpSendParameters) -> tuple[int, int | None]:
     codec = parameters.codecs[0]
+    assert codec.payloadType is not None
     for candidate in parameters.codecs[1:]:
         if candidate.mimeType.lower().endswith("/rtx") and (
             candidate.parameters.get("apt") == codec.payloadType

@@ -206,5 +206,5 @@ class MediaTransport:
             try:
                 for packet in self.peer.periodic(time.monotonic()):
                     self.send_rtcp(packet)
-            except Exception:  # noqa: BLE001 - a report bug must not kill the call
+            except Exception:
                 log.exception("rtcp_periodic_failed")

@@ -481,7 +481,7 @@ class Participant:
         self._senders: dict[str, RTCRtpTransceiver] = {}
         self._publish_lock = asyncio.Lock()
         self._publish_candidates: list[Message] = []
-        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
         self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -703,7 +703,11 @@ class Participant:
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            # Bounded: on Python 3.11 wait_for() can swallow a cancellation that races
+            # with its inner task finishing, leaving a task alive after cancel().
+            self._inbox.put_nowait(None)
+            await asyncio.wait(tasks, timeout=self._timeout)
         for pc in (self.subscribe_pc, self.publish_pc):
             if pc is not None:
                 try:
@@ -774,6 +778,8 @@ class Participant:
     async def _run_inbox(self) -> None:
         while True:
             message = await self._inbox.get()
+            if message is None:
+                return  # closing
             try:
                 if message["type"] == "offer":
                     await asyncio.wait_for(self._answer(str(message["sdp"])), self._timeout)

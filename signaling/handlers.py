@@ -69,8 +69,12 @@ async def on_join(session: SignalSession, message: dict[str, Any], request_id: s
     if not isinstance(token, str):
         raise ProtocolError("unauthenticated", "'join' needs an access token")
     try:
-        claims = verify_access_token(server.keys, token, issuer=server.settings.issuer,
-                                     leeway_s=server.settings.token_leeway_s)
+        claims = verify_access_token(
+            server.keys,
+            token,
+            issuer=server.settings.issuer,
+            leeway_s=server.settings.token_leeway_s,
+        )
     except TokenError as exc:
         raise ProtocolError("unauthenticated", f"invalid token: {exc}") from None
     asked_room = optional(message, "room", str, max_len=128)
@@ -88,19 +92,24 @@ async def on_join(session: SignalSession, message: dict[str, Any], request_id: s
     session.room = room
     session.log = participant.log
     session.start_writer(participant)
-    session.reply(request_id, {
-        "type": "joined",
-        "participant": participant.describe(),
-        "room": room.describe(),
-        "participants": [p.describe() for p in room.participants.values()],
-        "tracks": [t.describe() for t in room.tracks.values()],
-        "recording": {"active": False, "recording": None, "participants": []},
-        "ice_servers": [dict(s) for s in server.media.ice_servers],
-    })
+    session.reply(
+        request_id,
+        {
+            "type": "joined",
+            "participant": participant.describe(),
+            "room": room.describe(),
+            "participants": [p.describe() for p in room.participants.values()],
+            "tracks": [t.describe() for t in room.tracks.values()],
+            "recording": {"active": False, "recording": None, "participants": []},
+            "ice_servers": [dict(s) for s in server.media.ice_servers],
+        },
+    )
     room.join(participant)
 
 
-async def on_publish(session: SignalSession, message: dict[str, Any], request_id: str | None) -> None:
+async def on_publish(
+    session: SignalSession, message: dict[str, Any], request_id: str | None
+) -> None:
     participant, _ = _joined(session)
     _need(participant, "publish")
     sdp = require(message, "sdp", str)
@@ -112,7 +121,9 @@ async def on_publish(session: SignalSession, message: dict[str, Any], request_id
     session.reply(request_id, {"type": "published", "sdp": answer, "tracks": tracks})
 
 
-async def on_answer(session: SignalSession, message: dict[str, Any], request_id: str | None) -> None:
+async def on_answer(
+    session: SignalSession, message: dict[str, Any], request_id: str | None
+) -> None:
     participant, _ = _joined(session)
     sdp = require(message, "sdp", str)
     try:
@@ -123,7 +134,9 @@ async def on_answer(session: SignalSession, message: dict[str, Any], request_id:
         raise ProtocolError("conflict", "there is no outstanding offer to answer")
 
 
-async def on_candidate(session: SignalSession, message: dict[str, Any], request_id: str | None) -> None:
+async def on_candidate(
+    session: SignalSession, message: dict[str, Any], request_id: str | None
+) -> None:
     participant, _ = _joined(session)
     which = require(message, "pc", str)
     if which not in ("publish", "subscribe"):
@@ -155,8 +168,13 @@ async def on_candidate(session: SignalSession, message: dict[str, Any], request_
 def _parse_candidate(line: str) -> RTCIceCandidate:
     text = line.removeprefix("candidate:")
     bits = text.split()
-    if len(bits) < 8 or bits[6] != "typ" or not bits[1].isdigit() or not bits[5].isdigit() \
-            or not 0 < int(bits[5]) < 65536:
+    if (
+        len(bits) < 8
+        or bits[6] != "typ"
+        or not bits[1].isdigit()
+        or not bits[5].isdigit()
+        or not 0 < int(bits[5]) < 65536
+    ):
         raise ProtocolError("bad_request", "malformed ICE candidate")
     try:
         return candidate_from_sdp(text)
@@ -171,7 +189,9 @@ def _track_ids(message: dict[str, Any]) -> list[str]:
     return ids
 
 
-async def on_subscribe(session: SignalSession, message: dict[str, Any], request_id: str | None) -> None:
+async def on_subscribe(
+    session: SignalSession, message: dict[str, Any], request_id: str | None
+) -> None:
     participant, room = _joined(session)
     _need(participant, "subscribe")
     producers = [_track(room, track_id) for track_id in _track_ids(message)]
@@ -181,7 +201,9 @@ async def on_subscribe(session: SignalSession, message: dict[str, Any], request_
     _ok(session, request_id)
 
 
-async def on_unsubscribe(session: SignalSession, message: dict[str, Any], request_id: str | None) -> None:
+async def on_unsubscribe(
+    session: SignalSession, message: dict[str, Any], request_id: str | None
+) -> None:
     participant, room = _joined(session)
     _need(participant, "subscribe")
     producers = [_track(room, track_id) for track_id in _track_ids(message)]

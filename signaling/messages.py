@@ -59,9 +59,7 @@ def require(message: dict[str, Any], name: str, kind: type[_T], *, max_len: int 
     return _check(message[name], name, kind, max_len)
 
 
-def optional(
-    message: dict[str, Any], name: str, kind: type[_T], *, max_len: int = 0
-) -> _T | None:
+def optional(message: dict[str, Any], name: str, kind: type[_T], *, max_len: int = 0) -> _T | None:
     if message.get(name) is None:
         return None
     return _check(message[name], name, kind, max_len)

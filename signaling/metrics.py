@@ -30,22 +30,28 @@ def render_metrics(server: Server) -> str:
         for f in fields(TransportCounters):
             setattr(totals, f.name, getattr(totals, f.name) + getattr(transport.counters, f.name))
     lines = [
-        "# TYPE sfu_rooms gauge", f"sfu_rooms {len(rooms)}",
-        "# TYPE sfu_participants gauge", f"sfu_participants {len(participants)}",
-        "# TYPE sfu_producers gauge", f"sfu_producers {len(producers)}",
+        "# TYPE sfu_rooms gauge",
+        f"sfu_rooms {len(rooms)}",
+        "# TYPE sfu_participants gauge",
+        f"sfu_participants {len(participants)}",
+        "# TYPE sfu_producers gauge",
+        f"sfu_producers {len(producers)}",
         "# TYPE sfu_consumers gauge",
         f"sfu_consumers {sum(len(p.consumers) for p in producers)}",
         "# HELP sfu_transport_packets Packets and drops of live peer connections.",
         "# TYPE sfu_transport_packets gauge",
     ]
-    lines += [f'sfu_transport_packets{{counter="{f.name}"}} {getattr(totals, f.name)}'
-              for f in fields(TransportCounters)]
+    lines += [
+        f'sfu_transport_packets{{counter="{f.name}"}} {getattr(totals, f.name)}'
+        for f in fields(TransportCounters)
+    ]
     codecs = bridge.codec_instances()
     lines += [
         "# HELP sfu_codec_requests_total Decoders/encoders requested (always 0: no transcoding).",
         "# TYPE sfu_codec_requests_total counter",
         f'sfu_codec_requests_total{{kind="decoder"}} {codecs["decoders"]}',
         f'sfu_codec_requests_total{{kind="encoder"}} {codecs["encoders"]}',
-        "# TYPE sfu_stun_errors_total counter", f"sfu_stun_errors_total {bridge.stun_errors()}",
+        "# TYPE sfu_stun_errors_total counter",
+        f"sfu_stun_errors_total {bridge.stun_errors()}",
     ]
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ their order and a client that stops reading cannot make the server buffer foreve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -121,7 +122,7 @@ class SignalSession:
             await dispatch(self, message, request_id)
         except ProtocolError as exc:
             self._refuse(request_id, exc)
-        except Exception:  # noqa: BLE001 - a bug answers `internal`, never kills the socket
+        except Exception:
             self.log.exception("handler_failed")
             self._refuse(request_id, ProtocolError("internal", "internal error"))
 
@@ -138,7 +139,9 @@ class SignalSession:
 
     def _rate_limit(self) -> None:
         now = time.monotonic()
-        self._tokens = min(MESSAGE_BURST, self._tokens + (now - self._refilled_at) * MESSAGES_PER_SECOND)
+        self._tokens = min(
+            MESSAGE_BURST, self._tokens + (now - self._refilled_at) * MESSAGES_PER_SECOND
+        )
         self._refilled_at = now
         if self._tokens < 1:
             self.close_after_flush(CLOSE_RATE_LIMITED)
@@ -155,10 +158,8 @@ class SignalSession:
             await asyncio.wait([self._writer], timeout=2.0)
             self._writer.cancel()
         else:
-            try:
+            with contextlib.suppress(ConnectionError):
                 await self._flush_pending()
-            except ConnectionError:
-                pass
         if not self.ws.closed:
             await self.ws.close(code=self._close_code or 1000)
         if participant is not None and room is not None:

@@ -35,9 +35,21 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         env = dict(os.environ, SFU_LOG_FORMAT="json")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sfu", "serve", "--port", "0",
-             "--data-dir", str(self.data_dir), *self.extra_args],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+            [
+                sys.executable,
+                "-m",
+                "sfu",
+                "serve",
+                "--port",
+                "0",
+                "--data-dir",
+                str(self.data_dir),
+                *self.extra_args,
+            ],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env=env,
         )
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         assert self.proc.stderr is not None
@@ -72,11 +84,19 @@ class ServerProcess:
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def token(self, room: str, identity: str, *, role: str = "customer",
-              grants: Sequence[str] = ("publish", "subscribe"), ttl_s: int = 600) -> str:
+    def token(
+        self,
+        room: str,
+        identity: str,
+        *,
+        role: str = "customer",
+        grants: Sequence[str] = ("publish", "subscribe"),
+        ttl_s: int = 600,
+    ) -> str:
         assert self._keys is not None
-        return issue_access_token(self._keys, room=room, identity=identity, role=role,
-                                  grants=tuple(grants), ttl_s=ttl_s)
+        return issue_access_token(
+            self._keys, room=room, identity=identity, role=role, grants=tuple(grants), ttl_s=ttl_s
+        )
 
     def metrics(self) -> dict[str, float]:
         """Prometheus samples as {'name{labels}': value}."""

@@ -25,7 +25,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield process
     finally:
         code = process.stop()
-        assert code == 0, "the server must exit cleanly on SIGTERM:\n" + "".join(process.log_lines[-40:])
+        assert code == 0, "the server must exit cleanly on SIGTERM:\n" + "".join(
+            process.log_lines[-40:]
+        )
 
 
 @pytest.fixture

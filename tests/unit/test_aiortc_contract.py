@@ -1,0 +1,294 @@
+"""Tests for sfu.aiortc_bridge: the private-API contract, process switches, FastSrtp.
+
+Everything the bridge patches process-wide (aioice's host addresses, aiortc's codec
+factories) is first set to its current value with monkeypatch, so it is restored
+after each test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import struct
+from collections.abc import Callable
+from importlib.metadata import version
+from typing import Any
+
+import aioice
+import aioice.ice
+import aiortc.rtcdtlstransport
+import aiortc.rtcrtpreceiver
+import aiortc.rtcrtpsender
+import pylibsrtp
+import pytest
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+import sfu.aiortc_bridge as bridge
+from sfu.aiortc_bridge import (
+    PINNED_VERSIONS,
+    ContractError,
+    FastSrtp,
+    TranscodingForbidden,
+    check_contract,
+    codec_instances,
+    forbid_transcoding,
+    restrict_host_addresses,
+)
+from sfu.rtcp import ReceiverReport, ReportBlock, build_rr, build_sdes, parse_rtcp
+
+_HEADER = struct.Struct("!BBHII")
+
+# (profile, master key + salt length)
+PROFILES = [
+    pytest.param(pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 30, 10, id="aes-cm-sha1-80"),
+    pytest.param(pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM, 28, 16, id="aead-aes-128-gcm"),
+]
+
+
+async def _settle() -> None:
+    """Let check_contract's throw-away peer connection finish closing."""
+    current = asyncio.current_task()
+    pending = [t for t in asyncio.all_tasks() if t is not current]
+    if pending:
+        await asyncio.wait(pending, timeout=2.0)
+
+
+# --- the contract -----------------------------------------------------------------------
+
+
+def test_installed_versions_are_the_pinned_ones() -> None:
+    assert PINNED_VERSIONS == {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
+    assert {name: version(name) for name in PINNED_VERSIONS} == PINNED_VERSIONS
+
+
+async def test_check_contract_passes_on_pinned_versions() -> None:
+    check_contract()
+    check_contract(check_versions=False)
+    await _settle()
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "message"),
+    [
+        pytest.param(aiortc.rtcrtpsender.RTCRtpSender, "send", "RTCRtpSender.send is missing",
+                     id="sender-send"),
+        pytest.param(aiortc.rtcrtpreceiver.RTCRtpReceiver, "_handle_disconnect",
+                     "RTCRtpReceiver._handle_disconnect is missing", id="receiver-disconnect"),
+        pytest.param(aiortc.rtcdtlstransport.RTCDtlsTransport, "_send_rtp",
+                     "RTCDtlsTransport._send_rtp is missing", id="dtls-send-rtp"),
+        pytest.param(aiortc.rtcdtlstransport.RTCDtlsTransport, "_handle_rtp_data",
+                     "RTCDtlsTransport._handle_rtp_data is missing", id="dtls-handle-rtp"),
+        pytest.param(aioice.ice.StunProtocol, "datagram_received",
+                     "StunProtocol.datagram_received is missing", id="stun-datagram"),
+        pytest.param(aioice.ice, "get_host_addresses", "aioice.ice.get_host_addresses is missing",
+                     id="host-addresses"),
+        pytest.param(aiortc.rtcrtpreceiver, "get_decoder",
+                     "aiortc.rtcrtpreceiver.get_decoder is missing", id="get-decoder"),
+        pytest.param(pylibsrtp.Session, "protect", "Session.protect is missing",
+                     id="srtp-protect"),
+    ],
+)
+async def test_check_contract_names_a_missing_attribute(
+    monkeypatch: pytest.MonkeyPatch, owner: object, name: str, message: str
+) -> None:
+    monkeypatch.delattr(owner, name)
+    with pytest.raises(ContractError, match=rf"private API changed: .*{message}"):
+        check_contract()
+    await _settle()
+
+
+async def test_check_contract_names_a_missing_instance_attribute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Instance attributes are checked on a throw-away peer connection."""
+    original: Callable[..., None] = aiortc.rtcrtpsender.RTCRtpSender.__init__
+
+    def init_without_rtx_ssrc(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        del self._rtx_ssrc
+
+    monkeypatch.setattr(aiortc.rtcrtpsender.RTCRtpSender, "__init__", init_without_rtx_ssrc)
+    with pytest.raises(ContractError, match=r"RTCRtpSender\._rtx_ssrc is missing"):
+        check_contract()
+    await _settle()
+
+
+async def test_check_contract_reports_every_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(aiortc.rtcrtpsender.RTCRtpSender, "stop")
+    monkeypatch.delattr(aiortc.rtcrtpreceiver.RTCRtpReceiver, "receive")
+    with pytest.raises(ContractError) as info:
+        check_contract()
+    assert "RTCRtpSender.stop is missing" in str(info.value)
+    assert "RTCRtpReceiver.receive is missing" in str(info.value)
+    await _settle()
+
+
+async def test_check_contract_refuses_other_versions(monkeypatch: pytest.MonkeyPatch) -> None:
+    installed = dict(PINNED_VERSIONS, aiortc="1.17.0")
+    monkeypatch.setattr(bridge, "version", installed.__getitem__)
+    with pytest.raises(ContractError, match=r"aiortc 1\.17\.0 installed, 1\.16\.0 pinned"):
+        check_contract()
+    check_contract(check_versions=False)  # the names themselves are all there
+    monkeypatch.setattr(bridge, "version", lambda package: "0.0.1")
+    with pytest.raises(ContractError) as info:
+        check_contract()
+    for package, pinned in PINNED_VERSIONS.items():
+        assert f"{package} 0.0.1 installed, {pinned} pinned" in str(info.value)
+    await _settle()
+
+
+# --- no transcoding -----------------------------------------------------------------------
+
+
+def test_forbid_transcoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    original_decoder = aiortc.rtcrtpreceiver.get_decoder
+    original_encoder = aiortc.rtcrtpsender.get_encoder
+    monkeypatch.setattr(aiortc.rtcrtpreceiver, "get_decoder", original_decoder)
+    monkeypatch.setattr(aiortc.rtcrtpsender, "get_encoder", original_encoder)
+    vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    opus = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2,
+                                 payloadType=111)
+    before = codec_instances()
+
+    forbid_transcoding()
+    with pytest.raises(TranscodingForbidden, match=r"never decodes \(video/VP8\)"):
+        aiortc.rtcrtpreceiver.get_decoder(vp8)
+    assert codec_instances() == dict(before, decoders=before["decoders"] + 1)
+    with pytest.raises(TranscodingForbidden, match=r"never encodes \(audio/opus\)"):
+        aiortc.rtcrtpsender.get_encoder(opus)
+    with pytest.raises(TranscodingForbidden):
+        aiortc.rtcrtpsender.get_encoder(vp8)
+    assert codec_instances() == {"decoders": before["decoders"] + 1,
+                                 "encoders": before["encoders"] + 2}
+    codec_instances()["decoders"] = -1  # a copy: the counters cannot be reset from outside
+    assert codec_instances()["decoders"] == before["decoders"] + 1
+
+    monkeypatch.undo()
+    assert aiortc.rtcrtpreceiver.get_decoder is original_decoder
+    assert aiortc.rtcrtpsender.get_encoder is original_encoder
+
+
+# --- host addresses -----------------------------------------------------------------------
+
+
+def test_restrict_host_addresses_filters_by_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)
+    chosen = ["127.0.0.1", "::1", "10.0.0.7", "fd00::7"]
+    restrict_host_addresses(chosen)
+    chosen.append("192.0.2.1")  # the bridge keeps its own copy
+    get = aioice.ice.get_host_addresses
+    assert get(use_ipv4=True, use_ipv6=False) == ["127.0.0.1", "10.0.0.7"]
+    assert get(use_ipv4=False, use_ipv6=True) == ["::1", "fd00::7"]
+    assert get(use_ipv4=True, use_ipv6=True) == ["127.0.0.1", "::1", "10.0.0.7", "fd00::7"]
+    assert get(use_ipv4=False, use_ipv6=False) == []
+
+
+async def test_restricted_addresses_are_what_aioice_gathers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)
+    restrict_host_addresses(["127.0.0.1"])
+    connection = aioice.Connection(ice_controlling=True, components=1, use_ipv4=True,
+                                   use_ipv6=True)
+    try:
+        await connection.gather_candidates()
+        assert {c.host for c in connection.local_candidates} == {"127.0.0.1"}
+    finally:
+        await connection.close()
+
+
+# --- FastSrtp -----------------------------------------------------------------------------
+
+
+def _pair(profile: int, key_len: int, seed: int = 1) -> tuple[FastSrtp, FastSrtp,
+                                                                 pylibsrtp.Session]:
+    """(sender, receiver, a stock pylibsrtp receiver) sharing one master key."""
+    key = random.Random(seed).randbytes(key_len)
+
+    def session(ssrc_type: int) -> pylibsrtp.Session:
+        policy = pylibsrtp.Policy(key=key, ssrc_type=ssrc_type, srtp_profile=profile)
+        return pylibsrtp.Session(policy=policy)
+
+    return (FastSrtp(session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)),
+            FastSrtp(session(pylibsrtp.Policy.SSRC_ANY_INBOUND)),
+            session(pylibsrtp.Policy.SSRC_ANY_INBOUND))
+
+
+def _rtp(seq: int, *, ssrc: int = 0x01020304, pt: int = 96, ts: int = 90_000,
+         payload: bytes = b"payload" * 20, extension: bool = True) -> bytes:
+    b0 = 0x90 if extension else 0x80
+    block = struct.pack("!HH", 0xBEDE, 1) + b"\x10\x07\x00\x00" if extension else b""
+    return _HEADER.pack(b0, pt, seq, ts, ssrc) + block + payload
+
+
+@pytest.mark.parametrize(("profile", "key_len", "tag_len"), PROFILES)
+def test_fast_srtp_round_trips_rtp_and_rtcp(profile: int, key_len: int, tag_len: int) -> None:
+    tx, rx, stock_rx = _pair(profile, key_len)
+    packets = [_rtp(seq) for seq in range(1000, 1010)]
+    protected = [tx.protect(p) for p in packets]
+    for plain, srtp in zip(packets, protected, strict=True):
+        assert srtp is not None
+        assert len(srtp) == len(plain) + tag_len
+        assert srtp[:12] == plain[:12]  # header in clear
+        assert srtp[12:len(plain)] != plain[12:]  # payload encrypted
+    # Every buffer returned is a copy: later calls do not overwrite earlier results.
+    assert [rx.unprotect(p) for p in protected if p is not None] == packets
+    # Interoperable with pylibsrtp's own Session.
+    assert stock_rx.unprotect(tx.protect(_rtp(1010))) == _rtp(1010)
+
+    rtcp = build_rr(0x01020304, [ReportBlock(0x0A0B0C0D, 1, 2, 3, 4, 5, 6)])
+    rtcp += build_sdes(0x01020304, "cname")
+    srtcp = tx.protect_rtcp(rtcp)
+    assert srtcp is not None and srtcp != rtcp
+    assert rx.unprotect_rtcp(srtcp) == rtcp
+    assert isinstance(parse_rtcp(rtcp)[0], ReceiverReport)
+    assert stock_rx.unprotect_rtcp(tx.protect_rtcp(rtcp)) == rtcp
+
+
+@pytest.mark.parametrize(("profile", "key_len", "tag_len"), PROFILES)
+def test_protect_rewritten_rewrites_exactly(profile: int, key_len: int, tag_len: int) -> None:
+    tx, rx, _ = _pair(profile, key_len)
+    original = _rtp(17, ssrc=0x11111111, pt=96, ts=1234)
+    for second, seq, ts, ssrc in [
+        (0x80 | 100, 0xFFFF, 0xFFFFFFFF, 0xDEADBEEF),
+        (101, 0, 0, 0xCAFEF00D),
+        (0x80 | 127, 0x1234, 0x89ABCDEF, 0xDEADBEEF),
+    ]:
+        srtp = tx.protect_rewritten(original, second, seq, ts, ssrc)
+        assert srtp is not None and len(srtp) == len(original) + tag_len
+        plain = rx.unprotect(srtp)
+        assert plain is not None
+        assert _HEADER.unpack_from(plain) == (original[0], second, seq, ts, ssrc)
+        assert plain[12:] == original[12:]  # extension block and payload untouched
+    assert _HEADER.unpack_from(original) == (0x90, 96, 17, 1234, 0x11111111)  # input intact
+
+
+@pytest.mark.parametrize(("profile", "key_len", "tag_len"), PROFILES)
+def test_unprotect_of_garbage_returns_none(profile: int, key_len: int, tag_len: int) -> None:
+    tx, rx, _ = _pair(profile, key_len)
+    other_tx, _, _ = _pair(profile, key_len, seed=2)  # another key
+    rng = random.Random(99)
+    good = tx.protect(_rtp(5))
+    assert good is not None
+    tampered = bytearray(good)
+    tampered[20] ^= 0x01
+    garbage: list[bytes] = [
+        b"", b"\x80", b"\x80" * 11, b"\x80" * 12, bytes(tampered), good[:-1],
+        other_tx.protect(_rtp(6)) or b"", b"\x80" * 5000, _rtp(7),
+    ]
+    garbage += [rng.randbytes(rng.randrange(0, 1600)) for _ in range(300)]
+    garbage += [bytes([0x80 | rng.randrange(64)]) + rng.randbytes(rng.randrange(11, 300))
+                for _ in range(300)]
+    for data in garbage:
+        assert rx.unprotect(data) is None
+        assert rx.unprotect_rtcp(data) is None
+    assert rx.unprotect(good) == _rtp(5)  # still works after all that
+    assert rx.unprotect(good) is None  # a replay is dropped too
+
+
+def test_protect_refuses_oversize_and_short_packets() -> None:
+    tx, _, _ = _pair(pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 30)
+    assert tx.protect(_rtp(1, payload=b"x" * 1600)) is None
+    assert tx.protect_rewritten(_rtp(1, payload=b"x" * 1600), 96, 1, 1, 1) is None
+    assert tx.protect_rtcp(b"\x80\xc9\x00\x01" + b"\x00" * 1600) is None
+    assert tx.protect(_rtp(1, payload=b"x" * 1400)) is not None  # a normal full packet
