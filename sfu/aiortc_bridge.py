@@ -57,6 +57,7 @@ __all__ = [
     "dtls_transport",
     "egress_extension_ids",
     "forbid_transcoding",
+    "impair_datagrams",
     "install_datagram_hook",
     "negotiated_codecs",
     "negotiated_extensions",
@@ -460,3 +461,34 @@ def tap_received_rtp(pc: RTCPeerConnection, tap: RtpTap, *, swallow: bool = Fals
             await original(data, arrival_time_ms)
 
     dtls._handle_rtp_data = handle_rtp_data
+
+
+DatagramFilter = Callable[[bytes], bool]
+
+
+def impair_datagrams(
+    pc: RTCPeerConnection,
+    *,
+    drop_outgoing: DatagramFilter | None = None,
+    drop_incoming: DatagramFilter | None = None,
+) -> None:
+    """Drop datagrams below SRTP on an aiortc peer's ICE sockets (user-space impairment).
+
+    This kernel has no netem; tests and the bench impair links here instead. Each
+    filter sees the raw datagram and returns True to drop it.
+    """
+    dtls = dtls_transport(pc)
+    if drop_incoming is not None:
+        incoming = drop_incoming
+        install_datagram_hook(dtls, lambda data, addr: incoming(data))
+    if drop_outgoing is not None:
+        outgoing = drop_outgoing
+        for protocol in dtls.transport._connection._protocols:
+            transport = protocol.transport
+            send = transport.sendto
+
+            def sendto(data: bytes, addr: Any = None, _send: Any = send) -> None:
+                if not outgoing(data):
+                    _send(data, addr)
+
+            transport.sendto = sendto

@@ -49,6 +49,7 @@ class Ingress:
         self.producers: list[Producer] = []
         self.mid_extension_id: int | None = None
         self.unknown_packets = 0
+        self.nacks_sent = 0
         self._by_ssrc: dict[int, Producer] = {}
         self._by_rtx_ssrc: dict[int, Producer] = {}
         self._by_mid: dict[str, Producer] = {}
@@ -134,6 +135,7 @@ class Ingress:
             seqs = producer.nacks.due(now)
             if seqs and producer.ssrc is not None:
                 self.transport.send_rtcp(build_nack(self.ssrc, producer.ssrc, seqs))
+                self.nacks_sent += len(seqs)
             pending = pending or producer.nacks.pending()
         if pending:
             self.nack_pending(self.producers[0])

@@ -50,6 +50,7 @@ from aiortc import (
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
@@ -495,6 +496,7 @@ class Participant:
         token: str,
         *,
         publish_tracks: Sequence[MediaStreamTrack] = (),
+        video_codec: str | None = None,
         on_track: TrackCallback | None = None,
         drain: bool = False,
         use_server_ice_servers: bool = False,
@@ -508,6 +510,7 @@ class Participant:
         reads and discards received frames (bounded memory for load generators).
         ``use_server_ice_servers`` configures both peer connections with
         ``joined.ice_servers`` (TURN); by default no ICE servers are used.
+        ``video_codec`` (e.g. ``"video/H264"``) is offered first for video tracks.
         """
         for _ in range(max_redirects + 1):
             signal = await SignalClient.connect(url, timeout=timeout)
@@ -527,7 +530,9 @@ class Participant:
                 if reply["type"] != "joined":
                     raise ProtocolError(f"expected joined, got {reply['type']}")
                 if publish_tracks:
-                    await participant.publish(publish_tracks, timeout=timeout)
+                    await participant.publish(
+                        publish_tracks, timeout=timeout, video_codec=video_codec
+                    )
             except BaseException:
                 await participant.close()
                 raise
@@ -553,7 +558,11 @@ class Participant:
     # publishing
 
     async def publish(
-        self, tracks: Sequence[MediaStreamTrack], timeout: float | None = None
+        self,
+        tracks: Sequence[MediaStreamTrack],
+        timeout: float | None = None,
+        *,
+        video_codec: str | None = None,
     ) -> list[str]:
         """Add ``tracks`` (sendonly) to the publish PC and renegotiate (``publish``).
 
@@ -562,6 +571,10 @@ class Participant:
         async with self._publish_lock:
             pc = self._ensure_publish_pc()
             added = [pc.addTransceiver(track, direction="sendonly") for track in tracks]
+            if video_codec is not None:
+                for transceiver in added:
+                    if transceiver.kind == "video":
+                        transceiver.setCodecPreferences(_preferred(video_codec))
             try:
                 infos = await self._negotiate_publish(timeout)
             except BaseException:
@@ -864,3 +877,12 @@ async def _drain(track: MediaStreamTrack) -> None:
     with contextlib.suppress(MediaStreamError):
         while True:
             await track.recv()
+
+
+def _preferred(mime_type: str) -> list[Any]:
+    """Video codec capabilities with ``mime_type`` (e.g. ``video/H264``) first, RTX kept."""
+    capabilities = RTCRtpSender.getCapabilities("video").codecs
+    first = [c for c in capabilities if c.mimeType.lower() == mime_type.lower()]
+    if not first:
+        raise ValueError(f"aiortc cannot send {mime_type}")
+    return first + [c for c in capabilities if c not in first]

@@ -45,6 +45,17 @@ def render_metrics(server: Server) -> str:
         f'sfu_transport_packets{{counter="{f.name}"}} {getattr(totals, f.name)}'
         for f in fields(TransportCounters)
     ]
+    consumers = [c for p in producers for c in p.consumers]
+    lines += [
+        "# HELP sfu_media_recovery Loss recovery in live rooms.",
+        "# TYPE sfu_media_recovery gauge",
+        f'sfu_media_recovery{{counter="nacked_upstream"}} '
+        f"{sum(p.publisher.ingress.nacks_sent for p in participants)}",
+        f'sfu_media_recovery{{counter="retransmitted"}} '
+        f"{sum(c.retransmitted for c in consumers)}",
+        f'sfu_media_recovery{{counter="keyframe_requests"}} '
+        f"{sum(p.keyframe_requests for p in producers)}",
+    ]
     codecs = bridge.codec_instances()
     lines += [
         "# HELP sfu_codec_requests_total Decoders/encoders requested (always 0: no transcoding).",
