@@ -123,7 +123,10 @@ async def check_contract(*, check_versions: bool = True) -> None:
             if found != wanted:
                 problems.append(f"{package} {found} installed, {wanted} pinned")
     for owner, name in _MODULE_NAMES:
-        if not hasattr(owner, name):
+        # A class must define the name itself: an inherited no-op (asyncio's
+        # DatagramProtocol.datagram_received) would pass hasattr and forward nothing.
+        present = name in vars(owner) if isinstance(owner, type) else hasattr(owner, name)
+        if not present:
             problems.append(f"{getattr(owner, '__name__', owner)!s}.{name} is missing")
     pc = RTCPeerConnection(aiortc.RTCConfiguration(iceServers=[]))
     try:
@@ -141,7 +144,10 @@ async def check_contract(*, check_versions: bool = True) -> None:
             missing = [n for n in names if not hasattr(obj, n)]
             problems += [f"{type(obj).__name__}.{n} is missing" for n in missing]
     finally:
-        await pc.close()
+        try:
+            await pc.close()
+        except Exception as exc:  # noqa: BLE001 - report the contract, not the close
+            problems.append(f"RTCPeerConnection.close failed: {exc!r}")
     if problems:
         raise ContractError("aiortc private API changed: " + "; ".join(problems))
 

@@ -25,6 +25,7 @@ __all__ = ["Consumer", "ConsumerState"]
 _TIMESTAMP = struct.Struct("!I")
 _REWRITE = struct.Struct("!BHII")
 NTP_UNITS = 1 << 32
+_NACK_WINDOW = 0x4000  # far more than the packet cache holds
 
 
 class ConsumerState(enum.Enum):
@@ -85,6 +86,7 @@ class Consumer:
         self.payload_type = payload_type
         self.rtx_payload_type = rtx_payload_type
         if self.state is ConsumerState.NEGOTIATING:
+            self.state = ConsumerState.WAITING_KEYFRAME  # even if paused: resume starts it
             self._wait_for_keyframe(now)
 
     def set_paused(self, paused: bool, now: float) -> None:
@@ -134,14 +136,22 @@ class Consumer:
                 self._drop_to_frame_end = False
             return
         out_seq = (seq + self.seq_offset) & 0xFFFF
+        # Signed 16-bit distances (seq_diff, inlined on the hot path).
+        ahead = ((out_seq - self.last_seq + 0x8000) & 0xFFFF) - 0x8000
+        if ahead <= 0 and ((out_seq - self.segment_start + 0x8000) & 0xFFFF) < 0x8000:
+            return  # a straggler from before this segment would reuse a sent number
         out_ts = (ts + self.ts_offset) & 0xFFFFFFFF
         if self.transport.send_rtp(
             packet, (second & 0x80) | self.payload_type, out_seq, out_ts, self.ssrc
         ):
             self.packets += 1
-            self.octets += len(packet) - 12
-            self.last_seq = out_seq
-            self.last_ts = out_ts
+            self.octets += self.producer.last_payload_size
+            if ahead > 0:  # late packets (incl. repaired ones) never move us backwards
+                self.last_seq = out_seq
+                self.last_ts = out_ts
+                if ((out_seq - self.segment_start) & 0xFFFF) > _NACK_WINDOW:
+                    # Keep the NACK window meaningful on long streams (no 16-bit wrap).
+                    self.segment_start = (out_seq - _NACK_WINDOW) & 0xFFFF
         elif self.kind == "video" and not second & 0x80:
             # Queue full: skip the rest of this frame rather than send half of it late.
             self._drop_to_frame_end = True
@@ -179,8 +189,10 @@ class Consumer:
         if rtx is None:
             return False
         seq = self.rtx_seq
+        if not self.transport.send_rtp(rtx, rtx[1], seq, out_ts, self.rtx_ssrc):
+            return False
         self.rtx_seq = (seq + 1) & 0xFFFF
-        return self.transport.send_rtp(rtx, rtx[1], seq, out_ts, self.rtx_ssrc)
+        return True
 
     def on_keyframe_request(self, now: float) -> None:
         self.producer.request_keyframe(now)

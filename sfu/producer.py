@@ -85,6 +85,7 @@ class Producer:
         self.last_keyframe_request_at = -1e9
         self.keyframe_requests = 0
         self.packets = 0
+        self.last_payload_size = 0  # for consumers' sender-report octet counts
         self._feedback = feedback
         self._extension_map = extension_map
         self._identity_extensions = all(extension_map[i] == i for i in range(1, 256))
@@ -119,6 +120,7 @@ class Producer:
         if offset < 0:
             return
         self.cache.put(seq, packet)
+        self.last_payload_size = len(packet) - offset
         keyframe = is_keyframe_start(self._codec_name, memoryview(packet)[offset:])
         if keyframe and self.kind == "video":
             self.last_keyframe_at = now

@@ -65,7 +65,7 @@ class OfferSummary:
 
 
 def _int(text: str, what: str, low: int, high: int) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()) or len(text) > 12:
         raise SdpError(f"{what} must be a number, got {text[:20]!r}")
     value = int(text)
     if not low <= value <= high:

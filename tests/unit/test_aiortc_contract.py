@@ -7,7 +7,6 @@ after each test.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import struct
 from collections.abc import Callable
@@ -37,20 +36,15 @@ from sfu.aiortc_bridge import (
 from sfu.rtcp import ReceiverReport, ReportBlock, build_rr, build_sdes, parse_rtcp
 
 _HEADER = struct.Struct("!BBHII")
+# aiortc's modules do not re-export the codec factories they import (typed as Any here).
+receiver_module: Any = aiortc.rtcrtpreceiver
+sender_module: Any = aiortc.rtcrtpsender
 
 # (profile, master key + salt length)
 PROFILES = [
     pytest.param(pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 30, 10, id="aes-cm-sha1-80"),
     pytest.param(pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM, 28, 16, id="aead-aes-128-gcm"),
 ]
-
-
-async def _settle() -> None:
-    """Let check_contract's throw-away peer connection finish closing."""
-    current = asyncio.current_task()
-    pending = [t for t in asyncio.all_tasks() if t is not current]
-    if pending:
-        await asyncio.wait(pending, timeout=2.0)
 
 
 # --- the contract -----------------------------------------------------------------------
@@ -62,30 +56,50 @@ def test_installed_versions_are_the_pinned_ones() -> None:
 
 
 async def test_check_contract_passes_on_pinned_versions() -> None:
-    check_contract()
-    check_contract(check_versions=False)
-    await _settle()
+    await check_contract()
+    await check_contract(check_versions=False)
 
 
 @pytest.mark.parametrize(
     ("owner", "name", "message"),
     [
-        pytest.param(aiortc.rtcrtpsender.RTCRtpSender, "send", "RTCRtpSender.send is missing",
-                     id="sender-send"),
-        pytest.param(aiortc.rtcrtpreceiver.RTCRtpReceiver, "_handle_disconnect",
-                     "RTCRtpReceiver._handle_disconnect is missing", id="receiver-disconnect"),
-        pytest.param(aiortc.rtcdtlstransport.RTCDtlsTransport, "_send_rtp",
-                     "RTCDtlsTransport._send_rtp is missing", id="dtls-send-rtp"),
-        pytest.param(aiortc.rtcdtlstransport.RTCDtlsTransport, "_handle_rtp_data",
-                     "RTCDtlsTransport._handle_rtp_data is missing", id="dtls-handle-rtp"),
-        pytest.param(aioice.ice.StunProtocol, "datagram_received",
-                     "StunProtocol.datagram_received is missing", id="stun-datagram"),
-        pytest.param(aioice.ice, "get_host_addresses", "aioice.ice.get_host_addresses is missing",
-                     id="host-addresses"),
-        pytest.param(aiortc.rtcrtpreceiver, "get_decoder",
-                     "aiortc.rtcrtpreceiver.get_decoder is missing", id="get-decoder"),
-        pytest.param(pylibsrtp.Session, "protect", "Session.protect is missing",
-                     id="srtp-protect"),
+        pytest.param(
+            aiortc.rtcrtpsender.RTCRtpSender,
+            "send",
+            "RTCRtpSender.send is missing",
+            id="sender-send",
+        ),
+        pytest.param(
+            aiortc.rtcrtpreceiver.RTCRtpReceiver,
+            "_handle_disconnect",
+            "RTCRtpReceiver._handle_disconnect is missing",
+            id="receiver-disconnect",
+        ),
+        pytest.param(
+            aiortc.rtcdtlstransport.RTCDtlsTransport,
+            "_send_rtp",
+            "RTCDtlsTransport._send_rtp is missing",
+            id="dtls-send-rtp",
+        ),
+        pytest.param(
+            aiortc.rtcdtlstransport.RTCDtlsTransport,
+            "_handle_rtp_data",
+            "RTCDtlsTransport._handle_rtp_data is missing",
+            id="dtls-handle-rtp",
+        ),
+        pytest.param(
+            aioice.ice,
+            "get_host_addresses",
+            "aioice.ice.get_host_addresses is missing",
+            id="host-addresses",
+        ),
+        pytest.param(
+            aiortc.rtcrtpreceiver,
+            "get_decoder",
+            "aiortc.rtcrtpreceiver.get_decoder is missing",
+            id="get-decoder",
+        ),
+        pytest.param(pylibsrtp.Session, "protect", "Session.protect is missing", id="srtp-protect"),
     ],
 )
 async def test_check_contract_names_a_missing_attribute(
@@ -93,8 +107,20 @@ async def test_check_contract_names_a_missing_attribute(
 ) -> None:
     monkeypatch.delattr(owner, name)
     with pytest.raises(ContractError, match=rf"private API changed: .*{message}"):
-        check_contract()
-    await _settle()
+        await check_contract()
+
+
+async def test_check_contract_notices_stun_protocol_losing_datagram_received(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """install_datagram_hook wraps StunProtocol.datagram_received and hands STUN/DTLS to it.
+
+    If aioice stopped defining it, the inherited asyncio.DatagramProtocol no-op would
+    swallow every STUN and DTLS datagram: the contract must say so, not pass.
+    """
+    monkeypatch.delattr(aioice.ice.StunProtocol, "datagram_received")
+    with pytest.raises(ContractError, match=r"StunProtocol\.datagram_received is missing"):
+        await check_contract()
 
 
 async def test_check_contract_names_a_missing_instance_attribute(
@@ -109,63 +135,65 @@ async def test_check_contract_names_a_missing_instance_attribute(
 
     monkeypatch.setattr(aiortc.rtcrtpsender.RTCRtpSender, "__init__", init_without_rtx_ssrc)
     with pytest.raises(ContractError, match=r"RTCRtpSender\._rtx_ssrc is missing"):
-        check_contract()
-    await _settle()
+        await check_contract()
 
 
 async def test_check_contract_reports_every_problem(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delattr(aiortc.rtcrtpsender.RTCRtpSender, "stop")
+    monkeypatch.delattr(aiortc.rtcrtpsender.RTCRtpSender, "send")
     monkeypatch.delattr(aiortc.rtcrtpreceiver.RTCRtpReceiver, "receive")
+    monkeypatch.setattr(bridge, "version", lambda package: "0.0.1")
     with pytest.raises(ContractError) as info:
-        check_contract()
-    assert "RTCRtpSender.stop is missing" in str(info.value)
+        await check_contract()
+    assert "RTCRtpSender.send is missing" in str(info.value)
     assert "RTCRtpReceiver.receive is missing" in str(info.value)
-    await _settle()
+    assert "aiortc 0.0.1 installed" in str(info.value)
 
 
 async def test_check_contract_refuses_other_versions(monkeypatch: pytest.MonkeyPatch) -> None:
     installed = dict(PINNED_VERSIONS, aiortc="1.17.0")
     monkeypatch.setattr(bridge, "version", installed.__getitem__)
     with pytest.raises(ContractError, match=r"aiortc 1\.17\.0 installed, 1\.16\.0 pinned"):
-        check_contract()
-    check_contract(check_versions=False)  # the names themselves are all there
+        await check_contract()
+    await check_contract(check_versions=False)  # the names themselves are all there
     monkeypatch.setattr(bridge, "version", lambda package: "0.0.1")
     with pytest.raises(ContractError) as info:
-        check_contract()
+        await check_contract()
     for package, pinned in PINNED_VERSIONS.items():
         assert f"{package} 0.0.1 installed, {pinned} pinned" in str(info.value)
-    await _settle()
 
 
 # --- no transcoding -----------------------------------------------------------------------
 
 
 def test_forbid_transcoding(monkeypatch: pytest.MonkeyPatch) -> None:
-    original_decoder = aiortc.rtcrtpreceiver.get_decoder
-    original_encoder = aiortc.rtcrtpsender.get_encoder
-    monkeypatch.setattr(aiortc.rtcrtpreceiver, "get_decoder", original_decoder)
-    monkeypatch.setattr(aiortc.rtcrtpsender, "get_encoder", original_encoder)
+    original_decoder = receiver_module.get_decoder
+    original_encoder = sender_module.get_encoder
+    monkeypatch.setattr(receiver_module, "get_decoder", original_decoder)
+    monkeypatch.setattr(sender_module, "get_encoder", original_encoder)
     vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
-    opus = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2,
-                                 payloadType=111)
+    opus = RTCRtpCodecParameters(
+        mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111
+    )
     before = codec_instances()
 
     forbid_transcoding()
     with pytest.raises(TranscodingForbidden, match=r"never decodes \(video/VP8\)"):
-        aiortc.rtcrtpreceiver.get_decoder(vp8)
+        receiver_module.get_decoder(vp8)
     assert codec_instances() == dict(before, decoders=before["decoders"] + 1)
     with pytest.raises(TranscodingForbidden, match=r"never encodes \(audio/opus\)"):
-        aiortc.rtcrtpsender.get_encoder(opus)
+        sender_module.get_encoder(opus)
     with pytest.raises(TranscodingForbidden):
-        aiortc.rtcrtpsender.get_encoder(vp8)
-    assert codec_instances() == {"decoders": before["decoders"] + 1,
-                                 "encoders": before["encoders"] + 2}
+        sender_module.get_encoder(vp8)
+    assert codec_instances() == {
+        "decoders": before["decoders"] + 1,
+        "encoders": before["encoders"] + 2,
+    }
     codec_instances()["decoders"] = -1  # a copy: the counters cannot be reset from outside
     assert codec_instances()["decoders"] == before["decoders"] + 1
 
     monkeypatch.undo()
-    assert aiortc.rtcrtpreceiver.get_decoder is original_decoder
-    assert aiortc.rtcrtpsender.get_encoder is original_encoder
+    assert receiver_module.get_decoder is original_decoder
+    assert sender_module.get_encoder is original_encoder
 
 
 # --- host addresses -----------------------------------------------------------------------
@@ -188,8 +216,7 @@ async def test_restricted_addresses_are_what_aioice_gathers(
 ) -> None:
     monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)
     restrict_host_addresses(["127.0.0.1"])
-    connection = aioice.Connection(ice_controlling=True, components=1, use_ipv4=True,
-                                   use_ipv6=True)
+    connection = aioice.Connection(ice_controlling=True, components=1, use_ipv4=True, use_ipv6=True)
     try:
         await connection.gather_candidates()
         assert {c.host for c in connection.local_candidates} == {"127.0.0.1"}
@@ -200,8 +227,9 @@ async def test_restricted_addresses_are_what_aioice_gathers(
 # --- FastSrtp -----------------------------------------------------------------------------
 
 
-def _pair(profile: int, key_len: int, seed: int = 1) -> tuple[FastSrtp, FastSrtp,
-                                                                 pylibsrtp.Session]:
+def _pair(
+    profile: int, key_len: int, seed: int = 1
+) -> tuple[FastSrtp, FastSrtp, pylibsrtp.Session]:
     """(sender, receiver, a stock pylibsrtp receiver) sharing one master key."""
     key = random.Random(seed).randbytes(key_len)
 
@@ -209,13 +237,27 @@ def _pair(profile: int, key_len: int, seed: int = 1) -> tuple[FastSrtp, FastSrtp
         policy = pylibsrtp.Policy(key=key, ssrc_type=ssrc_type, srtp_profile=profile)
         return pylibsrtp.Session(policy=policy)
 
-    return (FastSrtp(session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)),
-            FastSrtp(session(pylibsrtp.Policy.SSRC_ANY_INBOUND)),
-            session(pylibsrtp.Policy.SSRC_ANY_INBOUND))
+    return (
+        FastSrtp(session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)),
+        FastSrtp(session(pylibsrtp.Policy.SSRC_ANY_INBOUND)),
+        session(pylibsrtp.Policy.SSRC_ANY_INBOUND),
+    )
 
 
-def _rtp(seq: int, *, ssrc: int = 0x01020304, pt: int = 96, ts: int = 90_000,
-         payload: bytes = b"payload" * 20, extension: bool = True) -> bytes:
+def must(data: bytes | None) -> bytes:
+    assert data is not None
+    return data
+
+
+def _rtp(
+    seq: int,
+    *,
+    ssrc: int = 0x01020304,
+    pt: int = 96,
+    ts: int = 90_000,
+    payload: bytes = b"payload" * 20,
+    extension: bool = True,
+) -> bytes:
     b0 = 0x90 if extension else 0x80
     block = struct.pack("!HH", 0xBEDE, 1) + b"\x10\x07\x00\x00" if extension else b""
     return _HEADER.pack(b0, pt, seq, ts, ssrc) + block + payload
@@ -230,11 +272,11 @@ def test_fast_srtp_round_trips_rtp_and_rtcp(profile: int, key_len: int, tag_len:
         assert srtp is not None
         assert len(srtp) == len(plain) + tag_len
         assert srtp[:12] == plain[:12]  # header in clear
-        assert srtp[12:len(plain)] != plain[12:]  # payload encrypted
+        assert srtp[12 : len(plain)] != plain[12:]  # payload encrypted
     # Every buffer returned is a copy: later calls do not overwrite earlier results.
     assert [rx.unprotect(p) for p in protected if p is not None] == packets
     # Interoperable with pylibsrtp's own Session.
-    assert stock_rx.unprotect(tx.protect(_rtp(1010))) == _rtp(1010)
+    assert stock_rx.unprotect(must(tx.protect(_rtp(1010)))) == _rtp(1010)
 
     rtcp = build_rr(0x01020304, [ReportBlock(0x0A0B0C0D, 1, 2, 3, 4, 5, 6)])
     rtcp += build_sdes(0x01020304, "cname")
@@ -242,7 +284,7 @@ def test_fast_srtp_round_trips_rtp_and_rtcp(profile: int, key_len: int, tag_len:
     assert srtcp is not None and srtcp != rtcp
     assert rx.unprotect_rtcp(srtcp) == rtcp
     assert isinstance(parse_rtcp(rtcp)[0], ReceiverReport)
-    assert stock_rx.unprotect_rtcp(tx.protect_rtcp(rtcp)) == rtcp
+    assert stock_rx.unprotect_rtcp(must(tx.protect_rtcp(rtcp))) == rtcp
 
 
 @pytest.mark.parametrize(("profile", "key_len", "tag_len"), PROFILES)
@@ -273,12 +315,21 @@ def test_unprotect_of_garbage_returns_none(profile: int, key_len: int, tag_len: 
     tampered = bytearray(good)
     tampered[20] ^= 0x01
     garbage: list[bytes] = [
-        b"", b"\x80", b"\x80" * 11, b"\x80" * 12, bytes(tampered), good[:-1],
-        other_tx.protect(_rtp(6)) or b"", b"\x80" * 5000, _rtp(7),
+        b"",
+        b"\x80",
+        b"\x80" * 11,
+        b"\x80" * 12,
+        bytes(tampered),
+        good[:-1],
+        other_tx.protect(_rtp(6)) or b"",
+        b"\x80" * 5000,
+        _rtp(7),
     ]
     garbage += [rng.randbytes(rng.randrange(0, 1600)) for _ in range(300)]
-    garbage += [bytes([0x80 | rng.randrange(64)]) + rng.randbytes(rng.randrange(11, 300))
-                for _ in range(300)]
+    garbage += [
+        bytes([0x80 | rng.randrange(64)]) + rng.randbytes(rng.randrange(11, 300))
+        for _ in range(300)
+    ]
     for data in garbage:
         assert rx.unprotect(data) is None
         assert rx.unprotect_rtcp(data) is None

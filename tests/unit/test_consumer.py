@@ -8,6 +8,7 @@ real RTP with real VP8 payload descriptors / Opus payloads.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import time
 from dataclasses import dataclass
@@ -19,8 +20,9 @@ from sfu.producer import KEYFRAME_REQUEST_INTERVAL_S, Producer
 from sfu.rtcp import ReportBlock, SenderReport, ntp_middle32, ntp_to_seconds, parse_rtcp
 from sfu.transport import MediaTransport
 
-VP8 = Codec(kind="video", name="vp8", clock_rate=90_000, channels=None, payload_type=96,
-            rtx_payload_type=97)
+VP8 = Codec(
+    kind="video", name="vp8", clock_rate=90_000, channels=None, payload_type=96, rtx_payload_type=97
+)
 OPUS = Codec(kind="audio", name="opus", clock_rate=48_000, channels=2, payload_type=111)
 IDENTITY = list(range(256))
 
@@ -41,10 +43,19 @@ OPUS_PAYLOAD = b"\xfc" + b"O" * 60
 _HEADER = struct.Struct("!BBHII")
 
 
-def rtp(seq: int, ts: int, payload: bytes, *, pt: int = 96, marker: bool = False,
-        ssrc: int = PUBLISHER_SSRC) -> bytes:
-    return _HEADER.pack(0x80, (0x80 if marker else 0) | pt, seq & 0xFFFF, ts & 0xFFFFFFFF,
-                        ssrc) + payload
+def rtp(
+    seq: int,
+    ts: int,
+    payload: bytes,
+    *,
+    pt: int = 96,
+    marker: bool = False,
+    ssrc: int = PUBLISHER_SSRC,
+) -> bytes:
+    return (
+        _HEADER.pack(0x80, (0x80 if marker else 0) | pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc)
+        + payload
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,12 +150,21 @@ def feed(producer: Producer, packets: list[bytes], now: float = 0.0) -> None:
         producer.on_rtp(packet, now)
 
 
-def make_producer(codec: Codec = VP8, feedback: FakeFeedback | None = None,
-                  now: float = 0.0) -> tuple[Producer, FakeFeedback]:
+def make_producer(
+    codec: Codec = VP8, feedback: FakeFeedback | None = None, now: float = 0.0
+) -> tuple[Producer, FakeFeedback]:
     feedback = feedback if feedback is not None else FakeFeedback()
     producer = Producer(
-        track_id="TR1", participant_id="PA1", kind=codec.kind, mid="0", codec=codec,
-        ssrc=PUBLISHER_SSRC, rtx_ssrc=None, extension_map=IDENTITY, feedback=feedback, now=now,
+        track_id="TR1",
+        participant_id="PA1",
+        kind=codec.kind,
+        mid="0",
+        codec=codec,
+        ssrc=PUBLISHER_SSRC,
+        rtx_ssrc=None,
+        extension_map=IDENTITY,
+        feedback=feedback,
+        now=now,
     )
     return producer, feedback
 
@@ -161,8 +181,12 @@ def make_consumer(
     ssrc: int = CONSUMER_SSRC,
 ) -> Consumer:
     consumer = Consumer(
-        producer, subscriber_id="PB1", transport=cast(MediaTransport, transport), ssrc=ssrc,
-        rtx_ssrc=CONSUMER_RTX_SSRC, cname="cname-b",
+        producer,
+        subscriber_id="PB1",
+        transport=cast(MediaTransport, transport),
+        ssrc=ssrc,
+        rtx_ssrc=CONSUMER_RTX_SSRC,
+        cname="cname-b",
     )
     if seq_origin is not None:  # pin the random origin (RFC 3550 §5.1) to test the wraps
         consumer.next_seq = seq_origin
@@ -177,8 +201,13 @@ def make_consumer(
     return consumer
 
 
+def state(consumer: Consumer) -> ConsumerState:
+    """The consumer's state, read through a call (mypy would keep an earlier narrowing)."""
+    return consumer.state
+
+
 def continuous(seqs: list[int]) -> bool:
-    return all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+    return all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
 
 
 # --- starting on a keyframe -----------------------------------------------------------
@@ -189,7 +218,7 @@ def test_video_consumer_waits_for_keyframe_then_numbers_from_its_origin() -> Non
     transport = FakeTransport()
     consumer = make_consumer(producer, transport)
     origin = consumer.next_seq
-    assert consumer.state is ConsumerState.WAITING_KEYFRAME
+    assert state(consumer) is ConsumerState.WAITING_KEYFRAME
     assert feedback.keyframe_requests == [producer]  # starting asks the publisher for one
 
     src = Source(VP8)
@@ -198,12 +227,12 @@ def test_video_consumer_waits_for_keyframe_then_numbers_from_its_origin() -> Non
     feed(producer, [rtp(src.seq, src.ts, VP8_CONTINUATION)])
     src.seq += 1
     assert transport.sent == []
-    assert consumer.state is ConsumerState.WAITING_KEYFRAME
+    assert state(consumer) is ConsumerState.WAITING_KEYFRAME
 
     keyframe = src.frame(keyframe=True, packets=3)
     later = src.frame(packets=2) + src.frame(packets=1)
     feed(producer, keyframe + later)
-    assert consumer.state is ConsumerState.FORWARDING
+    assert state(consumer) is ConsumerState.FORWARDING
     assert [s.packet for s in transport.sent] == keyframe + later
     assert transport.seqs() == [(origin + i) & 0xFFFF for i in range(6)]
     # Timestamps keep the publisher's spacing, shifted by the consumer's random offset.
@@ -218,7 +247,7 @@ def test_not_started_consumer_forwards_nothing() -> None:
     transport = FakeTransport()
     consumer = make_consumer(producer, transport, start=False)
     feed(producer, Source(VP8).frame(keyframe=True, packets=2))
-    assert consumer.state is ConsumerState.NEGOTIATING
+    assert state(consumer) is ConsumerState.NEGOTIATING
     assert transport.sent == []
     assert feedback.keyframe_requests == []
 
@@ -232,7 +261,7 @@ def test_audio_consumer_forwards_from_the_first_packet() -> None:
     feed(producer, packets)
     assert transport.seqs() == [4242 + i for i in range(5)]
     assert {s.payload_type for s in transport.sent} == {SUB_AUDIO_PT}
-    assert consumer.state is ConsumerState.FORWARDING
+    assert state(consumer) is ConsumerState.FORWARDING
     assert feedback.keyframe_requests == []  # audio never asks for keyframes
 
 
@@ -266,7 +295,7 @@ def test_sequence_and_timestamp_wrap() -> None:
     transport = FakeTransport()
     # Output origin and offset just below the 16-bit and 32-bit wraps, and the publisher's
     # own numbers wrap during the stream too.
-    consumer = make_consumer(producer, transport, seq_origin=0xFFFD, ts_offset=0xFFFFFFFF - 4000)
+    make_consumer(producer, transport, seq_origin=0xFFFD, ts_offset=0xFFFFFFFF - 4000)
     src = Source(VP8, seq=0xFFFB, ts=0xFFFFFFFF - 2 * 3000 + 1)
     packets = src.frame(keyframe=True, packets=2)
     for _ in range(4):
@@ -281,7 +310,7 @@ def test_sequence_and_timestamp_wrap() -> None:
     assert out_ts == [(t + 0xFFFFFFFF - 4000) & 0xFFFFFFFF for t in in_ts]
     # 3000 ticks per frame on the wire, across both wraps.
     frame_ts = out_ts[::2]
-    assert all((b - a) & 0xFFFFFFFF == 3000 for a, b in zip(frame_ts, frame_ts[1:], strict=False))
+    assert all((b - a) & 0xFFFFFFFF == 3000 for a, b in itertools.pairwise(frame_ts))
     assert all(0 <= t <= 0xFFFFFFFF for t in out_ts)
 
 
@@ -298,7 +327,7 @@ def test_muted_producer_holds_consumers_and_unmute_restarts_on_keyframe_without_
     last_before_mute = transport.sent[-1]
 
     producer.set_muted(True, 1.0)
-    assert consumer.state is ConsumerState.WAITING_KEYFRAME
+    assert state(consumer) is ConsumerState.WAITING_KEYFRAME
     # Whatever the publisher still sends while muted is not forwarded, keyframes included.
     feed(producer, src.frame(packets=3) + src.frame(keyframe=True, packets=2), now=1.5)
     assert len(transport.sent) == 4
@@ -306,7 +335,7 @@ def test_muted_producer_holds_consumers_and_unmute_restarts_on_keyframe_without_
     requests = len(feedback.keyframe_requests)
     producer.set_muted(False, 2.0)
     assert len(feedback.keyframe_requests) == requests + 1  # unmute asks for a keyframe
-    assert consumer.state is ConsumerState.WAITING_KEYFRAME
+    assert state(consumer) is ConsumerState.WAITING_KEYFRAME
     feed(producer, src.frame(packets=2), now=2.1)  # not decodable: still waiting
     assert len(transport.sent) == 4
 
@@ -315,10 +344,12 @@ def test_muted_producer_holds_consumers_and_unmute_restarts_on_keyframe_without_
     assert len(resumed) == 3
     assert resumed[0].seq == (last_before_mute.seq + 1) & 0xFFFF  # no gap for the subscriber
     assert continuous(transport.seqs())
-    assert consumer.state is ConsumerState.FORWARDING
+    assert state(consumer) is ConsumerState.FORWARDING
     # Timestamps still follow the publisher's clock (the pause shows as elapsed time).
-    assert resumed[0].ts == (_HEADER.unpack_from(resumed[0].packet)[3]
-                             + consumer.ts_offset) & 0xFFFFFFFF
+    assert (
+        resumed[0].ts
+        == (_HEADER.unpack_from(resumed[0].packet)[3] + consumer.ts_offset) & 0xFFFFFFFF
+    )
 
 
 def test_set_paused_stops_and_resumes_on_keyframe_without_gap() -> None:
@@ -331,7 +362,7 @@ def test_set_paused_stops_and_resumes_on_keyframe_without_gap() -> None:
 
     consumer.set_paused(True, 1.0)
     assert consumer.paused
-    assert consumer.state is ConsumerState.WAITING_KEYFRAME
+    assert state(consumer) is ConsumerState.WAITING_KEYFRAME
     feed(producer, src.frame(keyframe=True, packets=2) + src.frame(packets=2))
     assert len(transport.sent) == 3
     assert consumer.on_nack((transport.sent[0].seq,)) == 0  # nothing is served while paused
@@ -357,7 +388,7 @@ def test_paused_before_start_forwards_once_resumed() -> None:
     consumer.set_paused(True, 0.0)
     consumer.start(SUB_VIDEO_PT, None, 0.1)
     consumer.set_paused(False, 1.0)
-    assert consumer.state is ConsumerState.WAITING_KEYFRAME
+    assert state(consumer) is ConsumerState.WAITING_KEYFRAME
     feed(producer, Source(VP8).frame(keyframe=True, packets=2))
     assert len(transport.sent) == 2
 
@@ -386,7 +417,7 @@ def test_queue_full_drops_the_rest_of_the_video_frame() -> None:
     feed(producer, nxt)
     assert [s.packet for s in transport.sent[3:]] == nxt  # the next frame goes out whole
     assert consumer.packets == 5
-    assert consumer.state is ConsumerState.FORWARDING
+    assert state(consumer) is ConsumerState.FORWARDING
 
 
 def test_queue_full_on_marker_packet_does_not_drop_the_next_frame() -> None:
@@ -422,11 +453,12 @@ def test_queue_full_audio_drops_only_that_packet() -> None:
 # --- NACK -----------------------------------------------------------------------------
 
 
-def _forwarding_video(rtx: bool, **kwargs: int) -> tuple[Producer, FakeTransport, Consumer,
-                                                          list[bytes]]:
+def _forwarding_video(
+    rtx: bool, seq_origin: int
+) -> tuple[Producer, FakeTransport, Consumer, list[bytes]]:
     producer, _ = make_producer()
     transport = FakeTransport()
-    consumer = make_consumer(producer, transport, rtx=rtx, **kwargs)
+    consumer = make_consumer(producer, transport, rtx=rtx, seq_origin=seq_origin)
     src = Source(VP8, seq=65533)
     packets = src.frame(keyframe=True, packets=3) + src.frame(packets=3) + src.frame(packets=2)
     feed(producer, packets)
@@ -440,7 +472,7 @@ def test_nack_plain_retransmission_from_producer_cache() -> None:
     wanted = (first[2].seq, first[4].seq)  # across the output wrap (65534 -> 0)
     assert wanted == (0, 2)
     assert consumer.on_nack(wanted) == 2
-    resent = transport.sent[len(first):]
+    resent = transport.sent[len(first) :]
     assert resent == [first[2], first[4]]  # same bytes, same PT/marker/seq/ts/SSRC
     assert resent[0].packet == packets[2] and resent[0].marker
     assert consumer.retransmitted == 2
@@ -452,19 +484,24 @@ def test_nack_with_rtx() -> None:
     first = list(transport.sent)
     consumer.rtx_seq = 0xFFFF  # the RTX stream wraps on the second retransmission
     assert consumer.on_nack((first[2].seq, first[4].seq)) == 2
-    rtx = transport.sent[len(first):]
+    rtx = transport.sent[len(first) :]
     assert [r.seq for r in rtx] == [0xFFFF, 0]
     assert consumer.rtx_seq == 1
-    for sent, original_out, original_in in zip(rtx, (first[2], first[4]),
-                                               (packets[2], packets[4]), strict=True):
+    for sent, original_out, original_in in zip(
+        rtx, (first[2], first[4]), (packets[2], packets[4]), strict=True
+    ):
         assert sent.ssrc == CONSUMER_RTX_SSRC
         assert sent.payload_type == SUB_RTX_PT
         assert sent.marker == original_out.marker
         assert sent.ts == original_out.ts
         wire = sent.wire()
-        b0, b1, seq, ts, ssrc = _HEADER.unpack_from(wire)
-        assert (b1 & 0x7F, seq, ts, ssrc) == (SUB_RTX_PT, sent.seq, original_out.ts,
-                                              CONSUMER_RTX_SSRC)
+        _, b1, seq, ts, ssrc = _HEADER.unpack_from(wire)
+        assert (b1 & 0x7F, seq, ts, ssrc) == (
+            SUB_RTX_PT,
+            sent.seq,
+            original_out.ts,
+            CONSUMER_RTX_SSRC,
+        )
         # RFC 4588: the original *output* sequence number, then the original payload.
         assert wire[12:14] == struct.pack("!H", original_out.seq)
         assert wire[14:] == original_in[12:]
@@ -551,6 +588,23 @@ def test_late_packet_before_mute_does_not_reuse_sequence_numbers() -> None:
     # The restart must continue after the highest number sent, never repeat one.
     assert transport.sent[-1].seq == 510
     assert len({s.seq for s in transport.sent}) == len(transport.sent)
+
+
+def test_late_packet_from_before_the_restart_keyframe_is_not_forwarded() -> None:
+    """After a restart, a straggler older than the keyframe would get a number of the
+    previous segment: the subscriber already has a (different) packet with that number."""
+    producer, _ = make_producer()
+    transport = FakeTransport()
+    make_consumer(producer, transport, seq_origin=300)
+    src = Source(VP8)
+    feed(producer, src.frame(keyframe=True, packets=2) + src.frame(packets=2))
+    producer.set_muted(True, 1.0)
+    producer.set_muted(False, 2.0)
+    straggler = src.frame(packets=1)  # sent by the publisher just before the keyframe ...
+    feed(producer, src.frame(keyframe=True, packets=2), now=2.1)
+    assert [s.seq for s in transport.sent] == [300, 301, 302, 303, 304, 305]
+    feed(producer, straggler, now=2.2)  # ... but arriving after it
+    assert [s.seq for s in transport.sent] == [300, 301, 302, 303, 304, 305]
 
 
 # --- sender reports -------------------------------------------------------------------
@@ -670,9 +724,9 @@ def test_close_and_producer_close() -> None:
     b = make_consumer(producer, transport, ssrc=2)
     a.close()
     assert producer.consumers == [b]
-    assert a.state is ConsumerState.CLOSED
+    assert state(a) is ConsumerState.CLOSED
     producer.close()
-    assert b.state is ConsumerState.CLOSED
+    assert state(b) is ConsumerState.CLOSED
     assert producer.consumers == []
     feed(producer, Source(VP8).frame(keyframe=True))
     assert transport.sent == []

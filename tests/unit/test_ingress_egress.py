@@ -37,8 +37,9 @@ from sfu.rtcp import (
 )
 from sfu.transport import MediaTransport
 
-VP8 = Codec(kind="video", name="vp8", clock_rate=90_000, channels=None, payload_type=96,
-            rtx_payload_type=97)
+VP8 = Codec(
+    kind="video", name="vp8", clock_rate=90_000, channels=None, payload_type=96, rtx_payload_type=97
+)
 OPUS = Codec(kind="audio", name="opus", clock_rate=48_000, channels=2, payload_type=111)
 IDENTITY = list(range(256))
 
@@ -50,8 +51,16 @@ MID_EXT_ID = 9
 _HEADER = struct.Struct("!BBHII")
 
 
-def rtp(seq: int, ssrc: int, *, pt: int = 96, ts: int = 1000, payload: bytes = b"\x00\x01pay",
-        marker: bool = False, extensions: bytes = b"") -> bytes:
+def rtp(
+    seq: int,
+    ssrc: int,
+    *,
+    pt: int = 96,
+    ts: int = 1000,
+    payload: bytes = b"\x00\x01pay",
+    marker: bool = False,
+    extensions: bytes = b"",
+) -> bytes:
     """RTP packet; ``extensions`` is a one-byte-profile block body (padded here)."""
     b0 = 0x80
     block = b""
@@ -67,12 +76,25 @@ def mid_element(mid: str, ext_id: int = MID_EXT_ID) -> bytes:
     return bytes([(ext_id << 4) | (len(value) - 1)]) + value
 
 
-def rtx_of(packet: bytes, rtx_seq: int, *, rtx_ssrc: int = VIDEO_RTX_SSRC, rtx_pt: int = 97,
-           extensions: bytes = b"") -> bytes:
+def rtx_of(
+    packet: bytes,
+    rtx_seq: int,
+    *,
+    rtx_ssrc: int = VIDEO_RTX_SSRC,
+    rtx_pt: int = 97,
+    extensions: bytes = b"",
+) -> bytes:
     """RFC 4588 packet for a packet without header extensions."""
     _, b1, seq, ts, _ = _HEADER.unpack_from(packet)
-    return rtp(rtx_seq, rtx_ssrc, pt=rtx_pt, ts=ts, marker=bool(b1 & 0x80),
-               payload=struct.pack("!H", seq) + packet[12:], extensions=extensions)
+    return rtp(
+        rtx_seq,
+        rtx_ssrc,
+        pt=rtx_pt,
+        ts=ts,
+        marker=bool(b1 & 0x80),
+        payload=struct.pack("!H", seq) + packet[12:],
+        extensions=extensions,
+    )
 
 
 class FakeTransport:
@@ -94,28 +116,51 @@ class FakeTransport:
 class Setup:
     """An Ingress with an audio and a video producer (and a record of stale callbacks)."""
 
-    def __init__(self, *, audio_ssrc: int | None = AUDIO_SSRC,
-                 video_ssrc: int | None = VIDEO_SSRC,
-                 video_rtx_ssrc: int | None = VIDEO_RTX_SSRC,
-                 video_extensions: list[int] | None = None, now: float = 0.0,
-                 stale_after_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        audio_ssrc: int | None = AUDIO_SSRC,
+        video_ssrc: int | None = VIDEO_SSRC,
+        video_rtx_ssrc: int | None = VIDEO_RTX_SSRC,
+        video_extensions: list[int] | None = None,
+        now: float = 0.0,
+        stale_after_s: float = 5.0,
+    ) -> None:
         self.stale: list[Producer] = []
         self.ingress = Ingress(on_stale=self.stale.append, stale_after_s=stale_after_s)
         self.transport = FakeTransport()
         self.ingress.transport = cast(MediaTransport, self.transport)
         self.audio = Producer(
-            track_id="TRa", participant_id="PA", kind="audio", mid="0", codec=OPUS,
-            ssrc=audio_ssrc, rtx_ssrc=None, extension_map=IDENTITY, feedback=self.ingress,
+            track_id="TRa",
+            participant_id="PA",
+            kind="audio",
+            mid="0",
+            codec=OPUS,
+            ssrc=audio_ssrc,
+            rtx_ssrc=None,
+            extension_map=IDENTITY,
+            feedback=self.ingress,
             now=now,
         )
         self.video = Producer(
-            track_id="TRv", participant_id="PA", kind="video", mid="1", codec=VP8,
-            ssrc=video_ssrc, rtx_ssrc=video_rtx_ssrc,
+            track_id="TRv",
+            participant_id="PA",
+            kind="video",
+            mid="1",
+            codec=VP8,
+            ssrc=video_ssrc,
+            rtx_ssrc=video_rtx_ssrc,
             extension_map=video_extensions if video_extensions is not None else IDENTITY,
-            feedback=self.ingress, now=now,
+            feedback=self.ingress,
+            now=now,
         )
         self.ingress.add(self.audio)
         self.ingress.add(self.video)
+
+
+def ssrcs(s: Setup) -> tuple[int | None, int | None, int | None]:
+    """(audio, video, video RTX) SSRCs the producers are bound to."""
+    return s.audio.ssrc, s.video.ssrc, s.video.rtx_ssrc
 
 
 # --- routing --------------------------------------------------------------------------
@@ -147,8 +192,9 @@ def test_routes_rtp_by_ssrc() -> None:
 async def test_rtx_is_unwrapped_into_the_producer() -> None:
     s = Setup()
     now = time.monotonic()
-    original = [rtp(seq, VIDEO_SSRC, ts=9000, payload=b"\x00\x01frame-%d" % seq)
-                for seq in range(10, 14)]
+    original = [
+        rtp(seq, VIDEO_SSRC, ts=9000, payload=b"\x00\x01frame-%d" % seq) for seq in range(10, 14)
+    ]
     for packet in original[:2] + original[3:]:  # 12 is lost
         s.ingress.on_rtp(packet, now)
     assert s.video.cache.get(12) is None
@@ -177,8 +223,7 @@ def test_learns_unsignalled_ssrcs_from_the_mid_extension() -> None:
     s.ingress.on_rtp(rtp(101, 0x5555), 1.01)
     assert s.video.packets == 2
     # The RTX SSRC is learnt the same way, by its payload type, and unwrapped.
-    s.ingress.on_rtp(rtx_of(rtp(99, 0x5555), 1, rtx_ssrc=0x6666,
-                            extensions=mid_element("1")), 1.02)
+    s.ingress.on_rtp(rtx_of(rtp(99, 0x5555), 1, rtx_ssrc=0x6666, extensions=mid_element("1")), 1.02)
     assert s.video.rtx_ssrc == 0x6666
     assert s.video.cache.get(99) is not None
     assert s.video.packets == 3
@@ -195,26 +240,30 @@ def test_does_not_learn_unknown_mids_or_foreign_payload_types() -> None:
     s.ingress.on_rtp(rtp(1, 0x7777, pt=100, extensions=mid_element("1")), 1.0)  # not its PT
     s.ingress.on_rtp(rtp(1, 0x7777, pt=96, extensions=mid_element("0")), 1.0)  # audio's PT 111
     s.ingress.on_rtp(rtp(1, 0x7777), 1.0)  # no extension at all
-    assert (s.audio.ssrc, s.video.ssrc, s.video.rtx_ssrc) == (None, None, None)
+    assert ssrcs(s) == (None, None, None)
     assert s.audio.packets == s.video.packets == 0
     assert s.ingress.unknown_packets == 6
     # Once bound, a producer is never rebound by a stray packet with the same MID.
     s.ingress.on_rtp(rtp(1, 0x8888, pt=96, extensions=mid_element("1")), 1.0)
-    assert s.video.ssrc == 0x8888
+    assert ssrcs(s) == (None, 0x8888, None)
     s.ingress.on_rtp(rtp(1, 0x9999, pt=96, extensions=mid_element("1")), 1.0)
-    assert s.video.ssrc == 0x8888
+    assert ssrcs(s) == (None, 0x8888, None)
     assert s.video.packets == 1
 
 
 def test_sender_reports_reach_their_producer() -> None:
     s = Setup()
     ntp = (3_900_000_000 << 32) | 0x80000000
-    s.ingress.on_rtcp(build_sr(VIDEO_SSRC, ntp, 123_456, 10, 1000) + build_sdes(VIDEO_SSRC, "x"),
-                      4.0)
+    s.ingress.on_rtcp(
+        build_sr(VIDEO_SSRC, ntp, 123_456, 10, 1000) + build_sdes(VIDEO_SSRC, "x"), 4.0
+    )
     s.ingress.on_rtcp(build_sr(0x4242, ntp, 1, 1, 1), 4.0)  # unknown sender: ignored
     assert s.video.sender_clock is not None
-    assert (s.video.sender_clock.ntp, s.video.sender_clock.rtp_ts,
-            s.video.sender_clock.received_at) == (ntp, 123_456, 4.0)
+    assert (
+        s.video.sender_clock.ntp,
+        s.video.sender_clock.rtp_ts,
+        s.video.sender_clock.received_at,
+    ) == (ntp, 123_456, 4.0)
     assert s.audio.sender_clock is None
 
 
@@ -244,8 +293,11 @@ async def test_periodic_sends_receiver_reports_and_remb() -> None:
     assert video.lsr == ntp_middle32(ntp)
     assert abs(video.dlsr - 32768) <= 1  # 0.5 s in 1/65536 s
     assert isinstance(remb, Remb)  # video only
-    assert (remb.sender_ssrc, remb.bitrate, remb.ssrcs) == (s.ingress.ssrc, DEFAULT_REMB_BPS,
-                                                           (VIDEO_SSRC,))
+    assert (remb.sender_ssrc, remb.bitrate, remb.ssrcs) == (
+        s.ingress.ssrc,
+        DEFAULT_REMB_BPS,
+        (VIDEO_SSRC,),
+    )
     # Next interval: no new loss.
     again = parse_rtcp(s.ingress.periodic(now + 1.0)[0])[0]
     assert isinstance(again, ReceiverReport)
@@ -264,9 +316,14 @@ def test_remb_follows_the_best_subscriber_within_limits() -> None:
 
     consumers = []
     for ssrc in (1, 2):
-        consumer = Consumer(s.video, subscriber_id=f"S{ssrc}",
-                            transport=cast(MediaTransport, FakeTransport()), ssrc=ssrc,
-                            rtx_ssrc=ssrc + 100, cname="c")
+        consumer = Consumer(
+            s.video,
+            subscriber_id=f"S{ssrc}",
+            transport=cast(MediaTransport, FakeTransport()),
+            ssrc=ssrc,
+            rtx_ssrc=ssrc + 100,
+            cname="c",
+        )
         s.video.add_consumer(consumer)
         consumers.append(consumer)
     assert remb_now() == DEFAULT_REMB_BPS  # no estimate from any subscriber yet
@@ -409,12 +466,21 @@ def test_egress_routes_feedback_to_consumers_by_ssrc() -> None:
 
 def test_egress_handles_compound_packets_and_ignores_the_rest() -> None:
     egress, (a,) = egress_with(0xA)
-    compound = (build_rr(1, [block(0xA)]) + build_sdes(1, "subscriber")
-                + build_remb(1, 300_000, [0xA]) + build_nack(1, 0xA, [5]) + build_pli(1, 0xA)
-                + build_bye([1]))
+    compound = (
+        build_rr(1, [block(0xA)])
+        + build_sdes(1, "subscriber")
+        + build_remb(1, 300_000, [0xA])
+        + build_nack(1, 0xA, [5])
+        + build_pli(1, 0xA)
+        + build_bye([1])
+    )
     egress.on_rtcp(compound, 1.0)
     assert (a.reports, a.rembs, a.nacks, a.keyframe_requests) == (
-        [block(0xA)], [300_000], [(5,)], [1.0])
+        [block(0xA)],
+        [300_000],
+        [(5,)],
+        [1.0],
+    )
     egress.on_rtp(b"\x80" * 20, 1.0)  # subscribe PCs only send media
     assert egress.unexpected_rtp == 1
 
@@ -436,8 +502,14 @@ def test_egress_drives_real_consumers() -> None:
     """NACK and PLI from a subscriber reach a real consumer and its producer."""
     s = Setup()
     transport = FakeTransport()
-    consumer = Consumer(s.video, subscriber_id="S", transport=cast(MediaTransport, transport),
-                        ssrc=0x5151, rtx_ssrc=0x5252, cname="c")
+    consumer = Consumer(
+        s.video,
+        subscriber_id="S",
+        transport=cast(MediaTransport, transport),
+        ssrc=0x5151,
+        rtx_ssrc=0x5252,
+        cname="c",
+    )
     s.video.add_consumer(consumer)
     consumer.start(100, None, 10.0)
     keyframe = rtp(1, VIDEO_SSRC, payload=b"\x10\x00\x9d\x01\x2a", marker=True)
@@ -500,8 +572,14 @@ async def test_malformed_rtcp_never_raises() -> None:
     transport = FakeTransport()
     egress = Egress()
     for ssrc in (0xA, 0xB):
-        consumer = Consumer(s.video, subscriber_id="S", transport=cast(MediaTransport, transport),
-                            ssrc=ssrc, rtx_ssrc=ssrc + 1, cname="c")
+        consumer = Consumer(
+            s.video,
+            subscriber_id="S",
+            transport=cast(MediaTransport, transport),
+            ssrc=ssrc,
+            rtx_ssrc=ssrc + 1,
+            cname="c",
+        )
         s.video.add_consumer(consumer)
         consumer.start(100, 101, 0.0)
         egress.add(consumer)
@@ -523,13 +601,22 @@ async def test_malformed_rtp_never_raises() -> None:
     s = Setup(video_extensions=[0] * 256)
     s.ingress.mid_extension_id = MID_EXT_ID
     transport = FakeTransport()
-    consumer = Consumer(s.video, subscriber_id="S", transport=cast(MediaTransport, transport),
-                        ssrc=0xA, rtx_ssrc=0xB, cname="c")
+    consumer = Consumer(
+        s.video,
+        subscriber_id="S",
+        transport=cast(MediaTransport, transport),
+        ssrc=0xA,
+        rtx_ssrc=0xB,
+        cname="c",
+    )
     s.video.add_consumer(consumer)
     consumer.start(100, 101, 0.0)
-    base = [rtp(1, VIDEO_SSRC, extensions=mid_element("1") + b"\x10\xff"),
-            rtx_of(rtp(2, VIDEO_SSRC), 3), rtp(3, AUDIO_SSRC, pt=111),
-            rtp(4, 0x1234, extensions=mid_element("1"))]
+    base = [
+        rtp(1, VIDEO_SSRC, extensions=mid_element("1") + b"\x10\xff"),
+        rtx_of(rtp(2, VIDEO_SSRC), 3),
+        rtp(3, AUDIO_SSRC, pt=111),
+        rtp(4, 0x1234, extensions=mid_element("1")),
+    ]
     now = time.monotonic()
     for _ in range(3000):
         packet = bytearray(rng.choice(base))
@@ -538,6 +625,7 @@ async def test_malformed_rtp_never_raises() -> None:
         if rng.random() < 0.3:
             packet = packet[: rng.randint(12, len(packet))]
         s.ingress.on_rtp(bytes(packet), now)
-        s.ingress.on_rtp(bytes([0x80 | rng.randrange(64)]) + rng.randbytes(rng.randint(11, 60)),
-                         now)
+        s.ingress.on_rtp(
+            bytes([0x80 | rng.randrange(64)]) + rng.randbytes(rng.randint(11, 60)), now
+        )
     s.ingress.close()

@@ -166,7 +166,7 @@ GARBAGE = [
     "v=0\r\nm=\r\n",
     "v=0\r\nm=video\r\n",
     "\x00\x01\x02\x03" * 10,
-    "{\"type\": \"offer\"}",
+    '{"type": "offer"}',
 ]
 
 
@@ -180,11 +180,14 @@ def _join(lines: list[str]) -> str:
 def replace_line(old: str, *new: str, sdp: str = CHROME_OFFER, nth: int = 0) -> str:
     """Replace the nth line equal to (or starting with, if old ends with ':') ``old``."""
     lines = sdp.split("\r\n")[:-1]
-    hits = [i for i, line in enumerate(lines)
-            if line == old or (old.endswith(":") and line.startswith(old))]
+    hits = [
+        i
+        for i, line in enumerate(lines)
+        if line == old or (old.endswith(":") and line.startswith(old))
+    ]
     assert len(hits) > nth, f"{old!r} not in the SDP"
     i = hits[nth]
-    return _join(lines[:i] + list(new) + lines[i + 1:])
+    return _join(lines[:i] + list(new) + lines[i + 1 :])
 
 
 def drop_lines(prefix: str, sdp: str = CHROME_OFFER) -> str:
@@ -210,15 +213,26 @@ def keep_video_payload_types(payload_types: list[int], sdp: str = CHROME_OFFER) 
     return _join(out)
 
 
-def minimal_offer(kind: str, codecs: list[str], *, direction: str = "sendonly",
-                  port: int = 9) -> str:
+def minimal_offer(
+    kind: str, codecs: list[str], *, direction: str = "sendonly", port: int = 9
+) -> str:
     pts = list(range(96, 96 + len(codecs)))
-    return _join([
-        "v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=group:BUNDLE 0",
-        f"m={kind} {port} UDP/TLS/RTP/SAVPF {' '.join(map(str, pts))}",
-        "c=IN IP4 0.0.0.0", *_ICE, "a=mid:0", f"a={direction}", "a=rtcp-mux",
-        *(f"a=rtpmap:{pt} {codec}" for pt, codec in zip(pts, codecs, strict=True)),
-    ])
+    return _join(
+        [
+            "v=0",
+            "o=- 1 1 IN IP4 127.0.0.1",
+            "s=-",
+            "t=0 0",
+            "a=group:BUNDLE 0",
+            f"m={kind} {port} UDP/TLS/RTP/SAVPF {' '.join(map(str, pts))}",
+            "c=IN IP4 0.0.0.0",
+            *_ICE,
+            "a=mid:0",
+            f"a={direction}",
+            "a=rtcp-mux",
+            *(f"a=rtpmap:{pt} {codec}" for pt, codec in zip(pts, codecs, strict=True)),
+        ]
+    )
 
 
 @pytest.fixture
@@ -254,8 +268,10 @@ async def test_chromium_offer_is_really_negotiable_by_aiortc(loopback_only: None
         await pc.setRemoteDescription(aiortc.RTCSessionDescription(CHROME_OFFER, "offer"))
         answer = await pc.createAnswer()
         summary = validate_answer(answer.sdp)
-        assert [(kind, mid) for kind, mid, _, _ in summary.media] == [("audio", "0"),
-                                                                       ("video", "1")]
+        assert [(kind, mid) for kind, mid, _, _ in summary.media] == [
+            ("audio", "0"),
+            ("video", "1"),
+        ]
         assert [d for _, _, d, _ in summary.media] == ["recvonly", "recvonly"]
     finally:
         await pc.close()
@@ -270,8 +286,10 @@ async def test_aiortc_offer_and_answer_validate(loopback_only: None) -> None:
         offer = offerer.localDescription.sdp
         assert "a=candidate:" in offer and " 127.0.0.1 " in offer
         summary = validate_offer(offer)
-        assert [(k, d) for k, _, d, _ in summary.media] == [("audio", "sendonly"),
-                                                             ("video", "sendonly")]
+        assert [(k, d) for k, _, d, _ in summary.media] == [
+            ("audio", "sendonly"),
+            ("video", "sendonly"),
+        ]
         assert "opus" in summary.media[0][3] and "vp8" in summary.media[1][3]
 
         await answerer.setRemoteDescription(offerer.localDescription)
@@ -302,8 +320,20 @@ def test_minimal_offers_with_a_forwarded_codec_validate() -> None:
 # --- every defect from design.md §3 is refused --------------------------------------------
 
 _EMPTY_VALUE_ATTRIBUTES = [
-    "rtpmap", "fmtp", "extmap", "setup", "fingerprint", "ice-ufrag", "ice-pwd", "mid", "msid",
-    "candidate", "ssrc", "ssrc-group", "rtcp-fb", "group",
+    "rtpmap",
+    "fmtp",
+    "extmap",
+    "setup",
+    "fingerprint",
+    "ice-ufrag",
+    "ice-pwd",
+    "mid",
+    "msid",
+    "candidate",
+    "ssrc",
+    "ssrc-group",
+    "rtcp-fb",
+    "group",
 ]
 
 
@@ -321,115 +351,241 @@ _TOO_MANY = CHROME_OFFER + "".join(
 )
 
 MUTATIONS = [
-    pytest.param(replace_line("a=setup:", "a=setup:foo"),
-                 r"a=setup must be actpass, active or passive", id="setup-foo"),
+    pytest.param(
+        replace_line("a=setup:", "a=setup:foo"),
+        r"a=setup must be actpass, active or passive",
+        id="setup-foo",
+    ),
     pytest.param(drop_lines("a=rtpmap:63 "), r"a=fmtp:63 has no a=rtpmap", id="fmtp-no-rtpmap"),
-    pytest.param(replace_line("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 opus"),
-                 r"a=rtpmap:111 needs name/clock-rate", id="rtpmap-no-clock-rate"),
-    pytest.param(replace_line("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 opus/"),
-                 r"clock rate must be a number", id="rtpmap-empty-clock-rate"),
-    pytest.param(replace_line("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 /48000"),
-                 r"a=rtpmap:111 needs name/clock-rate", id="rtpmap-no-name"),
-    pytest.param(replace_line("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 opus/0"),
-                 r"clock rate 0 is out of range", id="rtpmap-zero-clock-rate"),
-    pytest.param(replace_line("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 opus/48000/0"),
-                 r"channel count 0 is out of range", id="rtpmap-zero-channels"),
-    pytest.param(replace_line("a=candidate:", "a=candidate:1467250027 1 udp 2122260223"
-                              " 192.168.1.23 54400"),
-                 r"a=candidate is too short", id="short-candidate"),
-    pytest.param(replace_line("a=candidate:", "a=candidate:1 1 udp 1 192.168.1.23 54400 host"
-                              " typ"), r"a=candidate is too short", id="candidate-no-typ"),
-    pytest.param(replace_line("a=candidate:", "a=candidate:1 1 udp 1 192.168.1.23 99999 typ"
-                              " host"), r"candidate port 99999 is out of range",
-                 id="candidate-port"),
-    pytest.param(replace_line("a=candidate:", "a=candidate:1 x udp 1 192.168.1.23 9 typ host"),
-                 r"candidate component must be a number", id="candidate-component"),
-    pytest.param(replace_line("m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
-                              "m=audio 9 UDP/TLS/RTP/SAVPF 300 111 63 9 0 8 13 110 126"),
-                 r"payload type 300 is out of range 0\.\.127", id="payload-type-300"),
-    pytest.param(replace_line("a=rtpmap:111 opus/48000/2", "a=rtpmap:300 opus/48000/2"),
-                 r"rtpmap payload type 300 is out of range", id="rtpmap-payload-type-300"),
-    pytest.param(replace_line("a=fmtp:111 minptime=10;useinbandfec=1",
-                              "a=fmtp:300 minptime=10"),
-                 r"fmtp payload type 300 is out of range", id="fmtp-payload-type-300"),
-    pytest.param(drop_lines("a=setup:"), r"a=setup must be actpass, active or passive",
-                 id="no-setup"),
+    pytest.param(
+        replace_line("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 opus"),
+        r"a=rtpmap:111 needs name/clock-rate",
+        id="rtpmap-no-clock-rate",
+    ),
+    pytest.param(
+        replace_line("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 opus/"),
+        r"clock rate must be a number",
+        id="rtpmap-empty-clock-rate",
+    ),
+    pytest.param(
+        replace_line("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 /48000"),
+        r"a=rtpmap:111 needs name/clock-rate",
+        id="rtpmap-no-name",
+    ),
+    pytest.param(
+        replace_line("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 opus/0"),
+        r"clock rate 0 is out of range",
+        id="rtpmap-zero-clock-rate",
+    ),
+    pytest.param(
+        replace_line("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 opus/48000/0"),
+        r"channel count 0 is out of range",
+        id="rtpmap-zero-channels",
+    ),
+    pytest.param(
+        replace_line("a=candidate:", "a=candidate:1467250027 1 udp 2122260223 192.168.1.23 54400"),
+        r"a=candidate is too short",
+        id="short-candidate",
+    ),
+    pytest.param(
+        replace_line("a=candidate:", "a=candidate:1 1 udp 1 192.168.1.23 54400 host typ"),
+        r"a=candidate is too short",
+        id="candidate-no-typ",
+    ),
+    pytest.param(
+        replace_line("a=candidate:", "a=candidate:1 1 udp 1 192.168.1.23 99999 typ host"),
+        r"candidate port 99999 is out of range",
+        id="candidate-port",
+    ),
+    pytest.param(
+        replace_line("a=candidate:", "a=candidate:1 x udp 1 192.168.1.23 9 typ host"),
+        r"candidate component must be a number",
+        id="candidate-component",
+    ),
+    pytest.param(
+        replace_line(
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 300 111 63 9 0 8 13 110 126",
+        ),
+        r"payload type 300 is out of range 0\.\.127",
+        id="payload-type-300",
+    ),
+    pytest.param(
+        replace_line("a=rtpmap:111 opus/48000/2", "a=rtpmap:300 opus/48000/2"),
+        r"rtpmap payload type 300 is out of range",
+        id="rtpmap-payload-type-300",
+    ),
+    pytest.param(
+        replace_line("a=fmtp:111 minptime=10;useinbandfec=1", "a=fmtp:300 minptime=10"),
+        r"fmtp payload type 300 is out of range",
+        id="fmtp-payload-type-300",
+    ),
+    pytest.param(
+        drop_lines("a=setup:"), r"a=setup must be actpass, active or passive", id="no-setup"
+    ),
     pytest.param(drop_lines("a=fingerprint:"), r"a=fingerprint is required", id="no-fingerprint"),
-    pytest.param(replace_line("a=fingerprint:", "a=fingerprint:md5 44:20:82"),
-                 r"a=fingerprint must be", id="fingerprint-algorithm"),
-    pytest.param(replace_line("a=fingerprint:", "a=fingerprint:sha-256 not-hex"),
-                 r"a=fingerprint must be", id="fingerprint-digest"),
-    pytest.param(drop_lines("a=ice-pwd:"), r"a=ice-ufrag and a=ice-pwd are required",
-                 id="no-ice-pwd"),
-    pytest.param(replace_line("m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
-                              "m=text 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126"),
-                 r"unsupported media kind 'text'", id="unknown-kind"),
+    pytest.param(
+        replace_line("a=fingerprint:", "a=fingerprint:md5 44:20:82"),
+        r"a=fingerprint must be",
+        id="fingerprint-algorithm",
+    ),
+    pytest.param(
+        replace_line("a=fingerprint:", "a=fingerprint:sha-256 not-hex"),
+        r"a=fingerprint must be",
+        id="fingerprint-digest",
+    ),
+    pytest.param(
+        drop_lines("a=ice-pwd:"), r"a=ice-ufrag and a=ice-pwd are required", id="no-ice-pwd"
+    ),
+    pytest.param(
+        replace_line(
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
+            "m=text 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
+        ),
+        r"unsupported media kind 'text'",
+        id="unknown-kind",
+    ),
     pytest.param(_DATA_CHANNEL, r"data channels are not supported", id="data-channel"),
-    pytest.param(replace_line("m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
-                              "m=audio 99999 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126"),
-                 r"port 99999 is out of range 0\.\.65535", id="port-99999"),
-    pytest.param(replace_line("m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
-                              "m=audio 9 RTP/AVP 111 63 9 0 8 13 110 126"),
-                 r"media must be SRTP", id="plain-rtp"),
-    pytest.param(replace_line("m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
-                              "m=audio 9 UDP/TLS/RTP/SAVPF"),
-                 r"malformed m= line", id="m-line-without-formats"),
-    pytest.param(replace_line("a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
-                              "a=extmap:0 urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
-                 r"extmap id 0 is out of range", id="extmap-0"),
-    pytest.param(replace_line("a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
-                              "a=extmap:15 urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
-                 r"a=extmap:15 is reserved", id="extmap-15"),
-    pytest.param(replace_line("a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
-                              "a=extmap:256 urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
-                 r"extmap id 256 is out of range", id="extmap-256"),
-    pytest.param(replace_line("a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
-                              "a=extmap:2/sendonly urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
-                 r"a=extmap:2 is reserved, duplicated", id="extmap-duplicate-id"),
-    pytest.param(replace_line("a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
-                              "a=extmap:1"),
-                 r"a=extmap:1 .*has no URI", id="extmap-no-uri"),
-    pytest.param(replace_line("a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
-                              "a=extmap:one urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
-                 r"extmap id must be a number", id="extmap-not-a-number"),
-    pytest.param(replace_line("m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
-                              "m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126 111"),
-                 r"duplicate payload types", id="duplicate-payload-type-in-m-line"),
-    pytest.param(replace_line("a=rtpmap:9 G722/8000", "a=rtpmap:111 G722/8000"),
-                 r"payload type 111 mapped twice", id="payload-type-mapped-twice"),
-    pytest.param(replace_line("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 opus/48000/2",
-                              "a=rtpmap:120 opus/48000/2"),
-                 r"a=rtpmap:120 is not listed in the m= line", id="rtpmap-not-in-m-line"),
-    pytest.param(replace_line("a=mid:1", "a=mid:0"), r"a=mid:0 is used twice",
-                 id="duplicate-mid"),
-    pytest.param(replace_line("a=mid:0", "a=mid:0", "a=mid:2"), r"exactly one a=mid",
-                 id="two-mids"),
+    pytest.param(
+        replace_line(
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
+            "m=audio 99999 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
+        ),
+        r"port 99999 is out of range 0\.\.65535",
+        id="port-99999",
+    ),
+    pytest.param(
+        replace_line(
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
+            "m=audio 9 RTP/AVP 111 63 9 0 8 13 110 126",
+        ),
+        r"media must be SRTP",
+        id="plain-rtp",
+    ),
+    pytest.param(
+        replace_line(
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126", "m=audio 9 UDP/TLS/RTP/SAVPF"
+        ),
+        r"malformed m= line",
+        id="m-line-without-formats",
+    ),
+    pytest.param(
+        replace_line(
+            "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+            "a=extmap:0 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+        ),
+        r"extmap id 0 is out of range",
+        id="extmap-0",
+    ),
+    pytest.param(
+        replace_line(
+            "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+            "a=extmap:15 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+        ),
+        r"a=extmap:15 is reserved",
+        id="extmap-15",
+    ),
+    pytest.param(
+        replace_line(
+            "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+            "a=extmap:256 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+        ),
+        r"extmap id 256 is out of range",
+        id="extmap-256",
+    ),
+    pytest.param(
+        replace_line(
+            "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+            "a=extmap:2/sendonly urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+        ),
+        r"a=extmap:2 is reserved, duplicated",
+        id="extmap-duplicate-id",
+    ),
+    pytest.param(
+        replace_line("a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level", "a=extmap:1"),
+        r"a=extmap:1 .*has no URI",
+        id="extmap-no-uri",
+    ),
+    pytest.param(
+        replace_line(
+            "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+            "a=extmap:one urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+        ),
+        r"extmap id must be a number",
+        id="extmap-not-a-number",
+    ),
+    pytest.param(
+        replace_line(
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126 111",
+        ),
+        r"duplicate payload types",
+        id="duplicate-payload-type-in-m-line",
+    ),
+    pytest.param(
+        replace_line("a=rtpmap:9 G722/8000", "a=rtpmap:111 G722/8000"),
+        r"payload type 111 mapped twice",
+        id="payload-type-mapped-twice",
+    ),
+    pytest.param(
+        replace_line(
+            "a=rtpmap:111 opus/48000/2", "a=rtpmap:111 opus/48000/2", "a=rtpmap:120 opus/48000/2"
+        ),
+        r"a=rtpmap:120 is not listed in the m= line",
+        id="rtpmap-not-in-m-line",
+    ),
+    pytest.param(replace_line("a=mid:1", "a=mid:0"), r"a=mid:0 is used twice", id="duplicate-mid"),
+    pytest.param(
+        replace_line("a=mid:0", "a=mid:0", "a=mid:2"), r"exactly one a=mid", id="two-mids"
+    ),
     pytest.param(drop_lines("a=mid:"), r"exactly one a=mid", id="no-mid"),
-    pytest.param(replace_line("a=mid:0", "a=mid:" + "m" * 33), r"at most 32 characters",
-                 id="mid-too-long"),
-    pytest.param(replace_line("a=sendonly", "a=sendonly", "a=recvonly"),
-                 r"more than one direction", id="two-directions"),
-    pytest.param(replace_line("a=ssrc:3735928559 cname:Ujt3Wq0n8cR1pY2v",
-                              "a=ssrc:99999999999 cname:Ujt3Wq0n8cR1pY2v"),
-                 r"ssrc 99999999999 is out of range", id="ssrc-out-of-range"),
-    pytest.param(replace_line("a=ssrc:3735928559 cname:Ujt3Wq0n8cR1pY2v",
-                              "a=ssrc:-1 cname:Ujt3Wq0n8cR1pY2v"),
-                 r"ssrc must be a number", id="ssrc-negative"),
-    pytest.param(keep_video_payload_types([98, 99, 100, 101]),
-                 r"video m-line 1 offers no usable codec \(need one of vp8, h264\)",
-                 id="video-only-vp9"),
-    pytest.param(keep_video_payload_types([35, 36]),
-                 r"video m-line 1 offers no usable codec", id="video-only-av1"),
-    pytest.param(minimal_offer("video", ["VP9/90000", "AV1/90000", "rtx/90000"]),
-                 r"video m-line 0 offers no usable codec", id="minimal-vp9-av1"),
-    pytest.param(minimal_offer("audio", ["G722/8000"]),
-                 r"audio m-line 0 offers no usable codec \(need one of opus, pcmu, pcma\)",
-                 id="audio-only-g722"),
+    pytest.param(
+        replace_line("a=mid:0", "a=mid:" + "m" * 33), r"at most 32 characters", id="mid-too-long"
+    ),
+    pytest.param(
+        replace_line("a=sendonly", "a=sendonly", "a=recvonly"),
+        r"more than one direction",
+        id="two-directions",
+    ),
+    pytest.param(
+        replace_line(
+            "a=ssrc:3735928559 cname:Ujt3Wq0n8cR1pY2v", "a=ssrc:99999999999 cname:Ujt3Wq0n8cR1pY2v"
+        ),
+        r"ssrc 99999999999 is out of range",
+        id="ssrc-out-of-range",
+    ),
+    pytest.param(
+        replace_line(
+            "a=ssrc:3735928559 cname:Ujt3Wq0n8cR1pY2v", "a=ssrc:-1 cname:Ujt3Wq0n8cR1pY2v"
+        ),
+        r"ssrc must be a number",
+        id="ssrc-negative",
+    ),
+    pytest.param(
+        keep_video_payload_types([98, 99, 100, 101]),
+        r"video m-line 1 offers no usable codec \(need one of vp8, h264\)",
+        id="video-only-vp9",
+    ),
+    pytest.param(
+        keep_video_payload_types([35, 36]),
+        r"video m-line 1 offers no usable codec",
+        id="video-only-av1",
+    ),
+    pytest.param(
+        minimal_offer("video", ["VP9/90000", "AV1/90000", "rtx/90000"]),
+        r"video m-line 0 offers no usable codec",
+        id="minimal-vp9-av1",
+    ),
+    pytest.param(
+        minimal_offer("audio", ["G722/8000"]),
+        r"audio m-line 0 offers no usable codec \(need one of opus, pcmu, pcma\)",
+        id="audio-only-g722",
+    ),
     pytest.param(_join(CHROME_OFFER_LINES[:7]), r"no media sections", id="no-m-lines"),
-    pytest.param(_TOO_MANY, rf"at most {MAX_MEDIA_SECTIONS} media sections",
-                 id="too-many-m-lines"),
-    pytest.param(replace_line("s=-", "s=-", "this line is not SDP"), r"malformed SDP line",
-                 id="garbage-line"),
+    pytest.param(_TOO_MANY, rf"at most {MAX_MEDIA_SECTIONS} media sections", id="too-many-m-lines"),
+    pytest.param(
+        replace_line("s=-", "s=-", "this line is not SDP"), r"malformed SDP line", id="garbage-line"
+    ),
 ]
 
 
@@ -478,7 +634,9 @@ def test_garbage_is_refused(text: str) -> None:
 def test_numbers_int_cannot_parse_raise_sdp_error(port: str) -> None:
     """The signalling handler only turns SdpError into bad_request; a bare ValueError
     becomes an 'internal' error with a logged traceback."""
-    sdp = replace_line("m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
-                       f"m=audio {port} UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126")
+    sdp = replace_line(
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
+        f"m=audio {port} UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
+    )
     with pytest.raises(SdpError):
         validate_offer(sdp)
