@@ -68,6 +68,11 @@ class Publisher:
         async with self._lock:
             if self._closed:
                 raise SdpError("the participant is leaving")
+            existing = [t.mid for t in self.pc.getTransceivers()] if self.pc else []
+            if [mid for _, mid, _, _ in summary.media[: len(existing)]] != existing:
+                # JSEP never removes or reorders m-lines; refusing here also bounds the
+                # transceivers a client can make us create (16, the guard's limit).
+                raise SdpError("a new offer must keep the previous m-lines, in order")
             try:
                 answer = await asyncio.wait_for(self._answer(offer), NEGOTIATION_TIMEOUT_S)
             except SdpError:
