@@ -72,6 +72,7 @@ class Consumer:
         self.retransmitted = 0
         self.keyframe_waits = 0
         self._drop_to_frame_end = False
+        self._timeline_after: int | None = None  # set when taking over a reused m-line
         # From the subscriber's reports.
         self.fraction_lost = 0
         self.jitter = 0
@@ -88,6 +89,18 @@ class Consumer:
         if self.state is ConsumerState.NEGOTIATING:
             self.state = ConsumerState.WAITING_KEYFRAME  # even if paused: resume starts it
             self._wait_for_keyframe(now)
+
+    def follow(self, previous: Consumer) -> None:
+        """Take over a reused m-line: same SSRC, numbering continues where it stopped.
+
+        The subscriber's receiver for this SSRC then sees one continuous stream (no
+        sequence jump to misread as loss, timestamps moving forward).
+        """
+        self.next_seq = (previous.last_seq + 1) & 0xFFFF
+        self.last_seq = previous.last_seq
+        self.segment_start = self.next_seq
+        self.rtx_seq = previous.rtx_seq
+        self._timeline_after = previous.last_ts if previous.packets else None
 
     def set_paused(self, paused: bool, now: float) -> None:
         if paused == self.paused:
@@ -128,6 +141,10 @@ class Consumer:
             # First packet of a keyframe: continue our numbering from here.
             self.seq_offset = (self.next_seq - seq) & 0xFFFF
             self.segment_start = self.next_seq
+            if self._timeline_after is not None:
+                step = self.producer.codec.clock_rate // 50  # 20 ms after the last stamp
+                self.ts_offset = (self._timeline_after + step - ts) & 0xFFFFFFFF
+                self._timeline_after = None
             self.state = ConsumerState.FORWARDING
             self._drop_to_frame_end = False
         second = packet[1]

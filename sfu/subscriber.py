@@ -55,6 +55,8 @@ class Subscriber:
         self._send = send
         self._wanted: dict[str, Producer] = {}
         self._transceivers: dict[str, Any] = {}
+        # Ended m-lines, reusable by a track of the same codec: (transceiver, last consumer).
+        self._idle: list[tuple[Any, Consumer]] = []
         self._paused: dict[str, bool] = {}
         self._answer: asyncio.Future[str] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -119,9 +121,13 @@ class Subscriber:
     def _start(self, producer: Producer) -> None:
         pc = self._peer_connection()
         assert self.transport is not None
-        transceiver = pc.addTransceiver(producer.kind, direction="sendonly")
-        transceiver.setCodecPreferences(_capabilities_for(producer))
-        bridge.adopt_receiver(transceiver.receiver)
+        transceiver, previous = self._reusable(producer)
+        if transceiver is None:
+            transceiver = pc.addTransceiver(producer.kind, direction="sendonly")
+            transceiver.setCodecPreferences(_capabilities_for(producer))
+            bridge.adopt_receiver(transceiver.receiver)
+        else:
+            transceiver.direction = "sendonly"
         ssrc, rtx_ssrc = bridge.sender_ssrcs(transceiver.sender)
         consumer = Consumer(
             producer,
@@ -131,6 +137,8 @@ class Subscriber:
             rtx_ssrc=rtx_ssrc,
             cname=bridge.peer_cname(pc),
         )
+        if previous is not None:
+            consumer.follow(previous)
 
         def on_parameters(parameters: RTCRtpSendParameters) -> None:
             payload_type, rtx_payload_type = _payload_types(parameters)
@@ -151,6 +159,21 @@ class Subscriber:
         del self.consumers[track_id]
         transceiver = self._transceivers.pop(track_id)
         transceiver.direction = "inactive"
+        self._idle.append((transceiver, consumer))
+
+    def _reusable(self, producer: Producer) -> tuple[Any, Consumer | None]:
+        """An ended, negotiated m-line of the same kind and codec, so SDP stays bounded.
+
+        aiortc cannot change a negotiated m-line's codec, hence the codec match.
+        """
+        for i, (transceiver, previous) in enumerate(self._idle):
+            if transceiver.kind != producer.kind or transceiver.mid is None:
+                continue
+            codecs = bridge.negotiated_codecs(transceiver)
+            if codecs and producer.codec.matches(codecs[0].mimeType, codecs[0].parameters):
+                del self._idle[i]
+                return transceiver, previous
+        return None, None
 
     def _peer_connection(self) -> Any:
         if self.transport is None:

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from helpers.media import FrameCounterTrack, ToneTrack, collect, read_frame_counter
+from helpers.media import (
+    FrameCounterTrack,
+    ToneTrack,
+    collect,
+    dominant_frequency,
+    frames_to_samples,
+    read_frame_counter,
+)
 from helpers.server import ServerProcess
 
 from signaling.client import Participant, SignalError
@@ -31,6 +38,17 @@ async def test_tracks_added_and_removed_mid_call(server: ServerProcess, room: st
         video = next(t for t in viewer.remote_tracks.values() if t.kind == "video")
         frames = await collect(video, 10, timeout=10)
         assert read_frame_counter(frames[-1]) is not None  # type: ignore[arg-type]
+
+        # A later track of the same codec reuses the ended m-line: SDP stays bounded.
+        assert viewer.subscribe_pc is not None
+        audio_lines = viewer.subscribe_pc.remoteDescription.sdp.count("m=audio")
+        [again_id] = await publisher.publish([ToneTrack(880)])
+        await viewer.wait_remote_tracks([again_id], timeout=10)
+        assert viewer.subscribe_pc.remoteDescription.sdp.count("m=audio") == audio_lines
+        # The m-line's track object may still hold queued frames of the old 440 Hz tone.
+        audio = await collect(viewer.remote_tracks[again_id], 150, timeout=15)
+        samples = frames_to_samples(audio[-25:])  # type: ignore[arg-type]
+        assert abs(dominant_frequency(samples, 48_000) - 880) < 5
     finally:
         await viewer.close()
         await publisher.close()
