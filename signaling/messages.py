@@ -26,10 +26,11 @@ _T = TypeVar("_T")
 class ProtocolError(Exception):
     """A request the server refuses; ``code`` is one of protocol v1's error codes."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, request_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.request_id = request_id  # known when the frame failed after its id was read
 
 
 def parse_frame(text: str) -> tuple[dict[str, Any], str | None]:
@@ -48,7 +49,9 @@ def parse_frame(text: str) -> tuple[dict[str, Any], str | None]:
     ):
         raise ProtocolError("bad_request", f"id must be a string of at most {MAX_ID_CHARS} chars")
     if not isinstance(message.get("type"), str):
-        raise ProtocolError("bad_request", "every message needs a string 'type'")
+        raise ProtocolError(
+            "bad_request", "every message needs a string 'type'", request_id=request_id
+        )
     return message, request_id
 
 

@@ -102,7 +102,12 @@ class SignalSession:
                 if frame.type == WSMsgType.TEXT:
                     await self._on_text(frame.data, dispatch)
                 elif frame.type == WSMsgType.BINARY:
-                    self._refuse(None, ProtocolError("bad_request", "binary frames are not used"))
+                    self._refuse(
+                        None,
+                        self._before_join(
+                            ProtocolError("bad_request", "binary frames are not used")
+                        ),
+                    )
                 else:
                     break
                 if self.participant is None:
@@ -118,13 +123,26 @@ class SignalSession:
         request_id: str | None = None
         try:
             self._rate_limit()
-            message, request_id = parse_frame(text)
+            try:
+                message, request_id = parse_frame(text)
+            except ProtocolError as exc:
+                raise self._before_join(exc) from None
             await dispatch(self, message, request_id)
         except ProtocolError as exc:
-            self._refuse(request_id, exc)
+            self._refuse(request_id or exc.request_id, exc)
         except Exception:
             self.log.exception("handler_failed")
             self._refuse(request_id, ProtocolError("internal", "internal error"))
+
+    def _before_join(self, exc: ProtocolError) -> ProtocolError:
+        """Before ``join``, anything that is not a valid join is `unauthenticated`."""
+        if self.participant is None:
+            return ProtocolError(
+                "unauthenticated",
+                f"the first message must be 'join' ({exc})",
+                request_id=exc.request_id,
+            )
+        return exc
 
     def _refuse(self, request_id: str | None, exc: ProtocolError) -> None:
         self.send(error_message(exc.code, exc.message, request_id))
