@@ -44,8 +44,8 @@ def _subscriber_counts(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"not a comma-separated list of integers: {text!r}"
         ) from None
-    if not counts or any(not 1 <= n <= MAX_SUBSCRIBERS for n in counts):
-        raise argparse.ArgumentTypeError(f"each count must be within 1..{MAX_SUBSCRIBERS}")
+    if not counts or any(not 0 <= n <= MAX_SUBSCRIBERS for n in counts):
+        raise argparse.ArgumentTypeError(f"each count must be within 0..{MAX_SUBSCRIBERS}")
     return counts
 
 
@@ -75,7 +75,8 @@ def _kbps(text: str) -> int:
 def _fanout_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--subscribers", type=_subscriber_counts, required=True, metavar="N[,N...]",
-        help="subscriber counts to run, e.g. 1,10 (a fresh server for each)",
+        help="subscriber counts to run, e.g. 1,10 (a fresh server for each; "
+        "0 measures the publisher alone)",
     )
     parser.add_argument("--duration", type=_seconds(1, MAX_DURATION_S), default=10.0,
                         metavar="S", help="measured window per N (default 10 s)")

@@ -43,6 +43,7 @@ RUN_SLACK_S = 120.0  # joins, probes, start and stop: each bounded on its own to
 GENERATOR_CPU_LIMIT = 0.85
 LAG_P99_LIMIT_MS = 20.0
 COUNT_MISMATCH_LIMIT = 0.02
+SLOW_FIRST_VIDEO_MS = 1000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,7 @@ class FanoutRun:
     subscribers: int
     window_s: float = 0.0
     server_cpu_s: float = 0.0
+    server_wakeups: int = 0
     server: PacketCounters = field(default_factory=PacketCounters.zero)
     subscriber_packets: int = 0
     subscriber_bytes: int = 0
@@ -100,6 +102,14 @@ class FanoutRun:
         return self.server_cpu_s * 1e6 / self.server.rtp_out if self.server.rtp_out else None
 
     @property
+    def wakeups_per_s(self) -> float:
+        return self.server_wakeups / self.window_s if self.window_s else 0.0
+
+    @property
+    def cpu_us_per_wakeup(self) -> float | None:
+        return self.server_cpu_s * 1e6 / self.server_wakeups if self.server_wakeups else None
+
+    @property
     def cpu_us_per_incoming(self) -> float | None:
         return self.server_cpu_s * 1e6 / self.server.rtp_in if self.server.rtp_in else None
 
@@ -124,6 +134,9 @@ class FanoutRun:
             "forwarded_mbps": self.forwarded_mbps,
             "cpu_us_per_forwarded_packet": self.cpu_us_per_forwarded,
             "cpu_us_per_incoming_packet": self.cpu_us_per_incoming,
+            "server_wakeups": self.server_wakeups,
+            "server_wakeups_per_s": self.wakeups_per_s,
+            "cpu_us_per_wakeup": self.cpu_us_per_wakeup,
             "subscriber_packets": self.subscriber_packets,
             "subscriber_bytes": self.subscriber_bytes,
             "subscriber_counted_ratio": self.counted_ratio,
@@ -227,6 +240,14 @@ async def _run_once(
             for s in subscribers
             if (first := s.first_video_at()) is not None
         ]
+        slow = sum(ms > SLOW_FIRST_VIDEO_MS for ms in run.join_first_video_packet_ms)
+        if slow:
+            run.warnings.append(
+                f"{slow} of {n} subscriber(s) got their first video packet more than "
+                f"{SLOW_FIRST_VIDEO_MS / 1000:g} s after joining; the publisher had heard "
+                f"{video.keyframe_requests} keyframe request(s), so they probably waited for "
+                f"the clip's next loop keyframe (every {clips.video.duration_s:g} s)"
+            )
 
         _progress(f"N={n}: warm-up {options.warmup_s:g} s, then {options.duration_s:g} s measured")
         await asyncio.sleep(options.warmup_s)
@@ -240,9 +261,11 @@ async def _run_once(
                 run.probe_first_frame_ms.append(ms)
             except TimeoutError:
                 run.warnings.append(f"probe {i}: no decoded frame within {PROBE_TIMEOUT_S:g} s")
+            except Exception as exc:  # noqa: BLE001 - one failed probe is reported, not fatal
+                run.warnings.append(f"probe {i} failed: {exc!r}")
             await asyncio.sleep(PROBE_GAP_S)
         run.publisher_keyframe_requests = video.keyframe_requests
-        if video.keyframe_requests == 0:
+        if video.keyframe_requests == 0 and (n or options.probes):
             run.warnings.append(
                 "the publisher heard no keyframe request: is the PLI hook "
                 "(bench.media.forward_keyframe_requests) still working?"
@@ -298,6 +321,7 @@ async def _measure(
     generator = ProcessCpu()
     counters_before = await target.packet_counters()
     cpu_before = target.cpu_seconds()
+    wakeups_before = target.wakeups()
     started = time.perf_counter()
     packets_before = sum(s.counter.packets for s in subscribers)
     bytes_before = sum(s.counter.octets for s in subscribers)
@@ -310,12 +334,14 @@ async def _measure(
     bytes_after = sum(s.counter.octets for s in subscribers)
     ended = time.perf_counter()
     cpu_after = target.cpu_seconds()
+    wakeups_after = target.wakeups()
     counters_after = await target.packet_counters()
     run.generator_cpu_share = generator.share()
     samples = list(lag.samples_ms)
 
     run.window_s = ended - started
     run.server_cpu_s = cpu_after - cpu_before
+    run.server_wakeups = wakeups_after - wakeups_before
     run.server = counters_after.minus(counters_before)
     run.subscriber_packets = packets_after - packets_before
     run.subscriber_bytes = bytes_after - bytes_before

@@ -26,6 +26,8 @@ import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
+from sfu import aiortc_bridge as bridge
+
 __all__ = [
     "EncodedClip",
     "ReplayTrack",
@@ -198,15 +200,7 @@ class ReplayTrack(MediaStreamTrack):
 def forward_keyframe_requests(sender: Any, on_request: Callable[[], None]) -> None:
     """Call ``on_request()`` when the remote asks ``sender`` for a keyframe (PLI or FIR).
 
-    PRIVATE aiortc API (1.16.0, pinned in pyproject.toml): ``RTCRtpSender._handle_rtcp_packet``
-    calls ``self._send_keyframe()`` on PLI/FIR, which only sets a flag for aiortc's own
-    encoder; pre-encoded packets ignore it. This replaces that method on this one sender
-    instance. If aiortc renames it, this raises instead of silently ignoring PLIs (which
-    would make join-to-first-frame wait for the next loop of the clip).
+    Pre-encoded packets ignore aiortc's own keyframe flag, so the request is rerouted
+    (through ``sfu.aiortc_bridge``, where all private aiortc API lives and is checked).
     """
-    if not callable(getattr(type(sender), "_send_keyframe", None)):
-        raise RuntimeError(
-            "aiortc's RTCRtpSender._send_keyframe is gone: bench.media.forward_keyframe_requests "
-            "must be updated for this aiortc version"
-        )
-    sender._send_keyframe = on_request
+    bridge.on_keyframe_request(sender, on_request)

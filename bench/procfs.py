@@ -14,8 +14,10 @@ __all__ = [
     "clock_ticks_per_second",
     "parse_stat_cpu",
     "parse_status_rss_kib",
+    "parse_status_voluntary_switches",
     "read_cpu_seconds",
     "read_rss_bytes",
+    "read_voluntary_switches",
 ]
 
 # Fields of /proc/PID/stat after "pid (comm)": state is field 3, utime 14, stime 15 (1-based).
@@ -61,6 +63,15 @@ def parse_status_rss_kib(status_text: str) -> int:
     return 0
 
 
+def parse_status_voluntary_switches(status_text: str) -> int:
+    """``voluntary_ctxt_switches`` from ``/proc/PID/status``: how often that thread blocked
+    (for an event loop: one per wake-up from epoll)."""
+    for line in status_text.splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise ValueError("no voluntary_ctxt_switches line")
+
+
 def clock_ticks_per_second() -> int:
     return int(os.sysconf("SC_CLK_TCK"))
 
@@ -74,3 +85,8 @@ def read_cpu_seconds(pid: int | str = "self") -> float:
 def read_rss_bytes(pid: int | str = "self") -> int:
     """Resident set size of process ``pid`` in bytes."""
     return parse_status_rss_kib(Path(f"/proc/{pid}/status").read_text()) * 1024
+
+
+def read_voluntary_switches(pid: int | str = "self") -> int:
+    """Voluntary context switches of the main thread of process ``pid``."""
+    return parse_status_voluntary_switches(Path(f"/proc/{pid}/status").read_text())

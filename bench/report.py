@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.fanout import FanoutResult, FanoutRun
+from bench.procfs import clock_ticks_per_second
 from bench.stats import median
 
 __all__ = ["command_line", "environment", "fanout_json", "fanout_markdown", "write_json"]
@@ -45,6 +46,7 @@ def _git_revision() -> str:
 def environment(loop_name: str) -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
+        "clock_ticks_per_s": clock_ticks_per_second(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "aiortc": _version("aiortc"),
@@ -74,6 +76,7 @@ def _server_row(run: FanoutRun) -> str:
         f"| {run.subscribers} | {run.forwarded_pps:.0f} | {run.forwarded_mbps:.2f} "
         f"| {run.incoming_pps:.0f} | {run.server_cpu_share * 100:.1f} "
         f"| **{_num(run.cpu_us_per_forwarded)}** | {_num(run.cpu_us_per_incoming)} "
+        f"| {run.wakeups_per_s:.0f} | {_num(run.cpu_us_per_wakeup, 0)} "
         f"| {_mb(run.server_rss_idle_bytes)} → {_mb(run.server_rss_bytes)} |"
     )
 
@@ -107,12 +110,14 @@ def fanout_markdown(result: FanoutResult, command: str, env: dict[str, Any]) -> 
         f"- host: {env['cpus']} CPUs, {env['platform']}, Python {env['python']}, "
         f"aiortc {env['aiortc']}, generator loop {env['generator_loop']}, git {env['git']}",
         "",
-        "Server (CPU = utime+stime of the server process over the window; forwarded = "
-        "`rtp_out` delta):",
+        "Server (CPU = utime+stime of the server process over the window, 10 ms ticks; "
+        "forwarded = `rtp_out` delta; wake-ups = voluntary context switches of its main "
+        "thread):",
         "",
         "| N | fwd pkt/s | fwd Mbit/s | in pkt/s | server CPU % of a core "
-        "| CPU µs / fwd pkt | CPU µs / in pkt | RSS MB idle → loaded |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU µs / fwd pkt | CPU µs / in pkt | loop wake-ups/s | CPU µs / wake-up "
+        "| RSS MB idle → loaded |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(_server_row(run) for run in result.runs),
         "",
         "Latency and load generator (ms: median / max (samples)):",

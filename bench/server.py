@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.procfs import read_cpu_seconds, read_rss_bytes
+from bench.procfs import read_cpu_seconds, read_rss_bytes, read_voluntary_switches
 from bench.stats import parse_prometheus
 from bench.target import PacketCounters
 from sfu.keys import KeyStore
@@ -153,6 +153,9 @@ class SfuServer:
 
     def rss_bytes(self) -> int:
         return read_rss_bytes(self.pid)
+
+    def wakeups(self) -> int:
+        return read_voluntary_switches(self.pid)
 
     async def metrics(self) -> dict[str, float]:
         if self._http is None:

@@ -85,6 +85,11 @@ class Target(Protocol):
         """The target's resident memory now."""
         ...
 
+    def wakeups(self) -> int:
+        """Voluntary context switches of the target's main thread so far (for an event-loop
+        server: how often it woke up; packets handled per wake-up = batching)."""
+        ...
+
     async def packet_counters(self) -> PacketCounters:
         """The target's cumulative packet counters now."""
         ...

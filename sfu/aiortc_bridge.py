@@ -61,6 +61,7 @@ __all__ = [
     "install_datagram_hook",
     "negotiated_codecs",
     "negotiated_extensions",
+    "on_keyframe_request",
     "parse_sdp",
     "peer_cname",
     "restrict_answer_codecs",
@@ -92,6 +93,7 @@ _MODULE_NAMES: tuple[tuple[object, str], ...] = (
     (RTCRtpReceiver, "_handle_disconnect"),
     (RTCRtpSender, "send"),
     (RTCRtpSender, "stop"),
+    (RTCRtpSender, "_send_keyframe"),
     (aiortc.rtcdtlstransport.RTCDtlsTransport, "_send_rtp"),
     (aiortc.rtcdtlstransport.RTCDtlsTransport, "_handle_rtp_data"),
     (pylibsrtp.Session, "protect"),
@@ -498,3 +500,12 @@ def impair_datagrams(
                     _send(data, addr)
 
             transport.sendto = sendto
+
+
+def on_keyframe_request(sender: Any, callback: Callable[[], None]) -> None:
+    """Call ``callback()`` when the remote asks this aiortc sender for a keyframe (PLI/FIR).
+
+    aiortc's ``_handle_rtcp_packet`` calls ``self._send_keyframe()``, which only flags its
+    own encoder; a sender fed pre-encoded media (the load generator) must hear it instead.
+    """
+    sender._send_keyframe = callback

@@ -90,6 +90,10 @@ class Consumer:
             self.state = ConsumerState.WAITING_KEYFRAME  # even if paused: resume starts it
             self._wait_for_keyframe(now)
 
+    @property
+    def awaiting_keyframe(self) -> bool:
+        return self.state is ConsumerState.WAITING_KEYFRAME and not self.paused
+
     def follow(self, previous: Consumer) -> None:
         """Take over a reused m-line: same SSRC, numbering continues where it stopped.
 

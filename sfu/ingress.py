@@ -56,6 +56,7 @@ class Ingress:
         self._on_stale = on_stale
         self._stale_after_s = stale_after_s
         self._nack_timer: asyncio.TimerHandle | None = None
+        self._keyframe_timers: dict[Producer, asyncio.TimerHandle] = {}
 
     def add(self, producer: Producer) -> None:
         self.producers.append(producer)
@@ -66,6 +67,9 @@ class Ingress:
             self._by_rtx_ssrc[producer.rtx_ssrc] = producer
 
     def remove(self, producer: Producer) -> None:
+        timer = self._keyframe_timers.pop(producer, None)
+        if timer is not None:
+            timer.cancel()
         if producer in self.producers:
             self.producers.remove(producer)
         for table in (self._by_ssrc, self._by_rtx_ssrc):
@@ -120,6 +124,14 @@ class Ingress:
         if self.transport is not None and producer.ssrc is not None:
             self.transport.send_rtcp(build_pli(self.ssrc, producer.ssrc))
 
+    def retry_keyframe_request(self, producer: Producer, delay_s: float) -> None:
+        def due() -> None:
+            self._keyframe_timers.pop(producer, None)
+            producer.keyframe_retry_due(time.monotonic())
+
+        loop = asyncio.get_running_loop()
+        self._keyframe_timers[producer] = loop.call_later(delay_s, due)
+
     def nack_pending(self, producer: Producer) -> None:
         if self._nack_timer is None:
             loop = asyncio.get_running_loop()
@@ -168,6 +180,9 @@ class Ingress:
         return max(MIN_REMB_BPS, min(MAX_REMB_BPS, wanted))
 
     def close(self) -> None:
+        for timer in self._keyframe_timers.values():
+            timer.cancel()
+        self._keyframe_timers.clear()
         if self._nack_timer is not None:
             self._nack_timer.cancel()
             self._nack_timer = None

@@ -47,6 +47,10 @@ class ProducerFeedback(Protocol):
 
     def nack_pending(self, producer: Producer) -> None: ...
 
+    def retry_keyframe_request(self, producer: Producer, delay_s: float) -> None:
+        """Call ``producer.keyframe_retry_due`` after ``delay_s`` (the throttle window)."""
+        ...
+
 
 class Producer:
     """An incoming track of a publisher, identified by its media SSRC."""
@@ -84,6 +88,7 @@ class Producer:
         self.last_keyframe_at = -1.0
         self.last_keyframe_request_at = -1e9
         self.keyframe_requests = 0
+        self._keyframe_retry_pending = False
         self.packets = 0
         self.last_payload_size = 0  # for consumers' sender-report octet counts
         self._feedback = feedback
@@ -153,16 +158,31 @@ class Producer:
                 consumer.restart(now)
 
     def request_keyframe(self, now: float) -> bool:
-        """Ask the publisher for a keyframe, at most every 500 ms; True if sent."""
-        if (
-            self.kind != "video"
-            or now - self.last_keyframe_request_at < KEYFRAME_REQUEST_INTERVAL_S
-        ):
+        """Ask the publisher for a keyframe, at most every 500 ms; True if sent now.
+
+        A request inside the window is not lost: if a consumer is still waiting when
+        the window ends, the request goes out then.
+        """
+        if self.kind != "video":
+            return False
+        wait = KEYFRAME_REQUEST_INTERVAL_S - (now - self.last_keyframe_request_at)
+        if wait > 0:
+            if not self._keyframe_retry_pending and self._keyframe_awaited():
+                self._keyframe_retry_pending = True
+                self._feedback.retry_keyframe_request(self, wait)
             return False
         self.last_keyframe_request_at = now
         self.keyframe_requests += 1
         self._feedback.request_keyframe(self)
         return True
+
+    def keyframe_retry_due(self, now: float) -> None:
+        self._keyframe_retry_pending = False
+        if not self.closed and self._keyframe_awaited():
+            self.request_keyframe(now)
+
+    def _keyframe_awaited(self) -> bool:
+        return any(c.awaiting_keyframe for c in self.consumers)
 
     def add_consumer(self, consumer: Consumer) -> None:
         self.consumers.append(consumer)

@@ -20,10 +20,10 @@ def test_fanout_arguments_and_defaults() -> None:
 
 def test_fanout_all_options() -> None:
     args = build_parser().parse_args([
-        "fanout", "--subscribers", "2, 4,8", "--duration", "5", "--warmup", "0",
+        "fanout", "--subscribers", "0,2, 4,8", "--duration", "5", "--warmup", "0",
         "--video-kbps", "1200", "--probes", "0", "--json", "out/r.json",
     ])
-    assert args.subscribers == (2, 4, 8)
+    assert args.subscribers == (0, 2, 4, 8)
     assert (args.duration, args.warmup, args.video_kbps, args.probes) == (5.0, 0.0, 1200, 0)
     assert args.json == Path("out/r.json")
 
@@ -32,7 +32,8 @@ def test_fanout_all_options() -> None:
     "argv",
     [
         ["fanout"],
-        ["fanout", "--subscribers", "0"],
+        ["fanout", "--subscribers", "-1"],
+        ["fanout", "--subscribers", ","],
         ["fanout", "--subscribers", "1,x"],
         ["fanout", "--subscribers", "1,1000"],
         ["fanout", "--subscribers", "1", "--duration", "0"],

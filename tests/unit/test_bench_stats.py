@@ -13,8 +13,10 @@ from bench.procfs import (
     CpuTicks,
     parse_stat_cpu,
     parse_status_rss_kib,
+    parse_status_voluntary_switches,
     read_cpu_seconds,
     read_rss_bytes,
+    read_voluntary_switches,
 )
 from bench.stats import linear_fit, median, parse_prometheus, percentile
 from bench.target import PacketCounters
@@ -196,3 +198,11 @@ def test_packet_counter_counts_and_notes_first_arrival_per_payload_type() -> Non
     assert set(counter.first_at) == {111, 97}
     assert counter.first_of({97, 98}) == counter.first_at[97]
     assert counter.first_of({100}) is None
+
+
+def test_status_gives_voluntary_context_switches() -> None:
+    status = "Name:\tpython\nvoluntary_ctxt_switches:\t1503\nnonvoluntary_ctxt_switches:\t7\n"
+    assert parse_status_voluntary_switches(status) == 1503
+    with pytest.raises(ValueError):
+        parse_status_voluntary_switches("Name:\tpython\n")
+    assert read_voluntary_switches() >= 0

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import cast
 
+import pytest
+
 from sfu.codec import Codec
 from sfu.consumer import Consumer, ConsumerState
 from sfu.producer import KEYFRAME_REQUEST_INTERVAL_S, Producer
@@ -112,12 +114,16 @@ class FakeFeedback:
     def __init__(self) -> None:
         self.keyframe_requests: list[Producer] = []
         self.nack_pending_calls: list[Producer] = []
+        self.keyframe_retries: list[tuple[Producer, float]] = []
 
     def request_keyframe(self, producer: Producer) -> None:
         self.keyframe_requests.append(producer)
 
     def nack_pending(self, producer: Producer) -> None:
         self.nack_pending_calls.append(producer)
+
+    def retry_keyframe_request(self, producer: Producer, delay_s: float) -> None:
+        self.keyframe_retries.append((producer, delay_s))
 
 
 class Source:
@@ -704,6 +710,30 @@ def test_keyframe_requests_throttled_per_producer() -> None:
     c.on_keyframe_request(11.2)
     assert len(other_feedback.keyframe_requests) == 1
     assert all(p is producer for p in feedback.keyframe_requests)
+
+
+def test_throttled_keyframe_request_is_retried_while_a_consumer_waits() -> None:
+    producer, feedback = make_producer(now=0.0)
+    transport = FakeTransport()
+    make_consumer(producer, transport, now=10.0)  # request sent at 10.0
+    make_consumer(producer, transport, now=10.1, ssrc=2)  # throttled: retry scheduled
+    assert len(feedback.keyframe_requests) == 1
+    [(retried, delay)] = feedback.keyframe_retries
+    assert retried is producer and delay == pytest.approx(0.4)
+    producer.keyframe_retry_due(10.5)  # both still wait for a keyframe
+    assert len(feedback.keyframe_requests) == 2
+
+
+def test_no_retry_once_the_keyframe_arrived() -> None:
+    producer, feedback = make_producer(now=0.0)
+    source = Source(VP8)
+    transport = FakeTransport()
+    make_consumer(producer, transport, now=10.0)
+    make_consumer(producer, transport, now=10.1, ssrc=2)
+    for packet in source.frame(keyframe=True):
+        producer.on_rtp(packet, 10.2)
+    producer.keyframe_retry_due(10.5)
+    assert len(feedback.keyframe_requests) == 1
 
 
 def test_audio_producer_never_requests_keyframes() -> None:
