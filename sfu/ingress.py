@@ -133,6 +133,10 @@ class Ingress:
         self._keyframe_timers[producer] = loop.call_later(delay_s, due)
 
     def nack_pending(self, producer: Producer) -> None:
+        self._arm_nack_timer()
+
+    def _arm_nack_timer(self) -> None:
+        """One timer for all producers, running only while packets are missing."""
         if self._nack_timer is None:
             loop = asyncio.get_running_loop()
             self._nack_timer = loop.call_later(NACK_INTERVAL_S, self._send_nacks)
@@ -150,7 +154,7 @@ class Ingress:
                 self.nacks_sent += len(seqs)
             pending = pending or producer.nacks.pending()
         if pending:
-            self.nack_pending(self.producers[0])
+            self._arm_nack_timer()
 
     def periodic(self, now: float) -> list[bytes]:
         """Receiver reports and REMB for every producer; flags silent producers."""

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from sfu.peer_connection import MediaConfig
 from sfu.publisher import Publisher
 from sfu.subscriber import Subscriber
 
@@ -16,19 +15,9 @@ if TYPE_CHECKING:
     from sfu.producer import Producer
     from sfu.room import Room
 
-__all__ = ["MediaConfig", "Participant"]
+__all__ = ["Participant"]
 
 OUTBOX_LIMIT = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class MediaConfig:
-    """The media settings every participant's peer connections share."""
-
-    ice_servers: Sequence[Mapping[str, Any]] = ()
-    announce_ip: str | None = None
-    queue_limit: int = 256 * 1024
-    stale_after_s: float = 15.0
 
 
 class Participant:
@@ -54,21 +43,9 @@ class Participant:
         self.overflowed = False
         self.log = structlog.get_logger(__name__).bind(room=room.id, participant=participant_id)
         self.publisher = Publisher(
-            participant_id,
-            ice_servers=media.ice_servers,
-            announce_ip=media.announce_ip,
-            queue_limit=media.queue_limit,
-            stale_after_s=media.stale_after_s,
-            on_added=room.producer_added,
-            on_removed=room.producer_removed,
+            participant_id, media, on_added=room.producer_added, on_removed=room.producer_removed
         )
-        self.subscriber = Subscriber(
-            participant_id,
-            ice_servers=media.ice_servers,
-            announce_ip=media.announce_ip,
-            queue_limit=media.queue_limit,
-            send=self.send,
-        )
+        self.subscriber = Subscriber(participant_id, media, send=self.send)
 
     def describe(self) -> dict[str, str]:
         """The ``participant`` object of protocol v1."""

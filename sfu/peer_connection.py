@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
-__all__ = ["announce_address", "new_peer_connection"]
+__all__ = ["MediaConfig", "announce_address", "new_peer_connection"]
 
 _HOST_CANDIDATE = re.compile(
     r"^(a=candidate:\S+ \d+ \S+ \d+ )(\S+)( \d+ typ host.*)$", re.MULTILINE
 )
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig:
+    """The media settings every participant's peer connections share."""
+
+    ice_servers: Sequence[Mapping[str, Any]] = ()
+    announce_ip: str | None = None
+    queue_limit: int = 256 * 1024  # bytes pending on a subscriber's socket before dropping
+    stale_after_s: float = 15.0  # a producer silent this long is removed
 
 
 def new_peer_connection(ice_servers: Sequence[Mapping[str, Any]]) -> RTCPeerConnection:

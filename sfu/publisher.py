@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -19,7 +19,7 @@ from sfu import aiortc_bridge as bridge
 from sfu.codec import choose_codec
 from sfu.ids import new_id
 from sfu.ingress import Ingress
-from sfu.peer_connection import announce_address, new_peer_connection
+from sfu.peer_connection import MediaConfig, announce_address, new_peer_connection
 from sfu.producer import Producer
 from sfu.sdp_guard import SdpError, validate_offer
 from sfu.transport import MediaTransport
@@ -38,22 +38,17 @@ class Publisher:
     def __init__(
         self,
         participant_id: str,
+        media: MediaConfig,
         *,
-        ice_servers: Sequence[Mapping[str, Any]],
-        announce_ip: str | None,
-        queue_limit: int,
-        stale_after_s: float,
         on_added: Callable[[Producer], None],
         on_removed: Callable[[Producer], None],
     ) -> None:
         self.participant_id = participant_id
         self.producers: dict[str, Producer] = {}  # by mid
-        self._ice_servers = ice_servers
-        self._announce_ip = announce_ip
-        self._queue_limit = queue_limit
+        self._media = media
         self._on_added = on_added
         self._on_removed = on_removed
-        self.ingress = Ingress(on_stale=self._remove, stale_after_s=stale_after_s)
+        self.ingress = Ingress(on_stale=self._remove, stale_after_s=media.stale_after_s)
         self.transport: MediaTransport | None = None
         self._lock = asyncio.Lock()
         self._closed = False
@@ -84,7 +79,7 @@ class Publisher:
                     f"the offer could not be negotiated ({type(exc).__name__})"
                 ) from None
             added = self._update_producers(parsed, summary.media)
-        return announce_address(answer, self._announce_ip), added
+        return announce_address(answer, self._media.announce_ip), added
 
     async def _answer(self, offer: str) -> str:
         pc = self._peer_connection()
@@ -107,8 +102,8 @@ class Publisher:
     def _peer_connection(self) -> Any:
         if self.transport is not None:
             return self.transport.pc
-        pc = new_peer_connection(self._ice_servers)
-        self.transport = MediaTransport(pc, self.ingress, queue_limit=self._queue_limit)
+        pc = new_peer_connection(self._media.ice_servers)
+        self.transport = MediaTransport(pc, self.ingress, queue_limit=self._media.queue_limit)
         self.ingress.transport = self.transport
 
         @pc.on("connectionstatechange")

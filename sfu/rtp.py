@@ -62,21 +62,11 @@ def payload_offset(packet: bytes) -> int:
 
 def payload_end(packet: bytes) -> int:
     """End of the payload (length minus RTP padding), -1 if malformed."""
-    # payload_offset inlined: this runs per packet.
+    off = payload_offset(packet)
+    if off < 0:
+        return -1
     n = len(packet)
-    if n < 12:
-        return -1
-    b0 = packet[0]
-    if b0 & 0xC0 != 0x80:
-        return -1
-    off = 12 + ((b0 & 0x0F) << 2)
-    if b0 & 0x10:
-        if off + 4 > n:
-            return -1
-        off += 4 + (((packet[off + 2] << 8) | packet[off + 3]) << 2)
-    if off > n:
-        return -1
-    if b0 & 0x20:
+    if packet[0] & 0x20:
         # The last byte counts the padding, itself included: 0 or more than
         # the bytes after the header is a lie.
         if n == off:

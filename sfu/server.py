@@ -7,7 +7,7 @@ import time
 import structlog
 
 from sfu.keys import KeyStore
-from sfu.participant import MediaConfig
+from sfu.peer_connection import MediaConfig
 from sfu.rooms import LocalRoomRegistry, RoomRegistry
 from sfu.settings import Settings
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -20,7 +20,7 @@ from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from sfu import aiortc_bridge as bridge
 from sfu.consumer import Consumer
 from sfu.egress import Egress
-from sfu.peer_connection import announce_address, new_peer_connection
+from sfu.peer_connection import MediaConfig, announce_address, new_peer_connection
 from sfu.producer import Producer
 from sfu.sdp_guard import validate_answer
 from sfu.transport import MediaTransport
@@ -38,10 +38,8 @@ class Subscriber:
     def __init__(
         self,
         participant_id: str,
+        media: MediaConfig,
         *,
-        ice_servers: Sequence[Mapping[str, Any]],
-        announce_ip: str | None,
-        queue_limit: int,
         send: Callable[[dict[str, Any]], None],
     ) -> None:
         self.participant_id = participant_id
@@ -49,9 +47,7 @@ class Subscriber:
         self.egress = Egress()
         self.transport: MediaTransport | None = None
         self.negotiations = 0
-        self._ice_servers = ice_servers
-        self._announce_ip = announce_ip
-        self._queue_limit = queue_limit
+        self._media = media
         self._send = send
         self._wanted: dict[str, Producer] = {}
         self._transceivers: dict[str, Any] = {}
@@ -177,8 +173,8 @@ class Subscriber:
 
     def _peer_connection(self) -> Any:
         if self.transport is None:
-            pc = new_peer_connection(self._ice_servers)
-            self.transport = MediaTransport(pc, self.egress, queue_limit=self._queue_limit)
+            pc = new_peer_connection(self._media.ice_servers)
+            self.transport = MediaTransport(pc, self.egress, queue_limit=self._media.queue_limit)
         return self.transport.pc
 
     async def _offer_and_wait(self) -> None:
@@ -193,7 +189,7 @@ class Subscriber:
         self._send(
             {
                 "type": "offer",
-                "sdp": announce_address(pc.localDescription.sdp, self._announce_ip),
+                "sdp": announce_address(pc.localDescription.sdp, self._media.announce_ip),
                 "tracks": mids,
             }
         )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -68,7 +67,6 @@ class MediaTransport:
         self._remote: tuple[Any, ...] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self.on_connected: Callable[[], None] | None = None
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -98,8 +96,6 @@ class MediaTransport:
         self._rx, self._tx = sessions
         self._route = route
         self._remote = route.remote
-        if self.on_connected is not None:
-            self.on_connected()
 
     async def close(self) -> None:
         self._closed = True
