@@ -17,7 +17,7 @@ from sfu.codec import Codec
 from sfu.keyframes import is_keyframe_start
 from sfu.packet_cache import PacketCache
 from sfu.receive_stats import NackTracker, ReceiveStats
-from sfu.rtp import payload_offset, rtx_unwrap, translate_extensions
+from sfu.rtp import find_extension, payload_offset, rtx_unwrap, translate_extensions
 
 if TYPE_CHECKING:
     from sfu.consumer import Consumer
@@ -68,6 +68,7 @@ class Producer:
         extension_map: Sequence[int],
         feedback: ProducerFeedback,
         now: float,
+        audio_level_id: int = 0,
     ) -> None:
         self.id = track_id
         self.participant_id = participant_id
@@ -91,6 +92,10 @@ class Producer:
         self._keyframe_retry_pending = False
         self.packets = 0
         self.last_payload_size = 0  # for consumers' sender-report octet counts
+        # RFC 6464 levels (after id translation) summed for the active-speaker detector.
+        self._audio_level_id = audio_level_id if kind == "audio" else 0
+        self.level_sum = 0
+        self.level_count = 0
         self._feedback = feedback
         self._extension_map = extension_map
         self._identity_extensions = all(extension_map[i] == i for i in range(1, 256))
@@ -124,6 +129,11 @@ class Producer:
         offset = payload_offset(packet)
         if offset < 0:
             return
+        if self._audio_level_id and packet[0] & 0x10:
+            level = find_extension(packet, self._audio_level_id)
+            if level:
+                self.level_sum += level[0] & 0x7F  # -dBov: 0 loudest, 127 silent
+                self.level_count += 1
         self.cache.put(seq, packet)
         self.last_payload_size = len(packet) - offset
         keyframe = is_keyframe_start(self._codec_name, memoryview(packet)[offset:])
@@ -156,6 +166,15 @@ class Producer:
                 consumer.hold()
             else:
                 consumer.restart(now)
+
+    def take_audio_level(self) -> float | None:
+        """Mean level (dBov) since the last call, or None if no level arrived."""
+        if self.level_count == 0 or self.muted:
+            self.level_sum = self.level_count = 0
+            return None
+        mean = -self.level_sum / self.level_count
+        self.level_sum = self.level_count = 0
+        return mean
 
     def request_keyframe(self, now: float) -> bool:
         """Ask the publisher for a keyframe, at most every 500 ms; True if sent now.

@@ -29,6 +29,7 @@ __all__ = ["Publisher"]
 log = structlog.get_logger(__name__)
 
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 NEGOTIATION_TIMEOUT_S = 10.0
 
 
@@ -151,6 +152,7 @@ class Publisher:
                 extension_map=_extension_map(kind, extensions),
                 feedback=self.ingress,
                 now=now,
+                audio_level_id=_audio_level_id(kind, extensions),
             )
             self.producers[mid] = producer
             self.ingress.add(producer)
@@ -216,3 +218,10 @@ def _extension_map(kind: str, negotiated: Sequence[Any]) -> list[int]:
         if ext.uri != MID_URI and 0 < ext.id < 256:
             table[ext.id] = egress.get(ext.uri, 0)
     return table
+
+
+def _audio_level_id(kind: str, negotiated: Sequence[Any]) -> int:
+    """The id audio levels carry after translation (0 if the publisher sends none)."""
+    if kind != "audio" or not any(ext.uri == AUDIO_LEVEL_URI for ext in negotiated):
+        return 0
+    return bridge.egress_extension_ids(kind).get(AUDIO_LEVEL_URI, 0)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import structlog
+
+from sfu.speakers import ActiveSpeakers
 
 if TYPE_CHECKING:
     from sfu.participant import Participant
     from sfu.producer import Producer
 
-__all__ = ["Room"]
+__all__ = ["SPEAKER_TICK_S", "Room"]
 
 log = structlog.get_logger(__name__)
+
+SPEAKER_TICK_S = 0.2
 
 
 class Room:
@@ -22,6 +27,8 @@ class Room:
         self.id = room_id
         self.participants: dict[str, Participant] = {}
         self.tracks: dict[str, Producer] = {}
+        self.speakers = ActiveSpeakers()
+        self._speaker_task: asyncio.Task[None] | None = None
 
     def describe(self) -> dict[str, str]:
         return {"id": self.id}
@@ -34,6 +41,8 @@ class Room:
         )
         for producer in self.tracks.values():
             participant.offer_track(producer)
+        if self._speaker_task is None or self._speaker_task.done():
+            self._speaker_task = asyncio.get_running_loop().create_task(self._watch_speakers())
         log.info(
             "participant_joined",
             room=self.id,
@@ -64,6 +73,22 @@ class Room:
         self.broadcast({"type": "track.unpublished", "track": producer.describe()})
         for participant in self.participants.values():
             participant.subscriber.drop(producer.id)
+
+    async def _watch_speakers(self) -> None:
+        """Tell everyone who is speaking, from audio levels (ends when the room empties)."""
+        while self.participants:
+            await asyncio.sleep(SPEAKER_TICK_S)
+            heard: dict[str, float | None] = {p: None for p in self.participants}
+            for producer in self.tracks.values():
+                if producer.kind != "audio":
+                    continue
+                level = producer.take_audio_level()
+                current = heard.get(producer.participant_id)
+                if level is not None and (current is None or level > current):
+                    heard[producer.participant_id] = level
+            speakers = self.speakers.update(heard)
+            if speakers is not None:
+                self.broadcast({"type": "speaker.changed", "speakers": speakers})
 
     def set_muted(self, producer: Producer, muted: bool, now: float) -> None:
         producer.set_muted(muted, now)
