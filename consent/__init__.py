@@ -1,9 +1,10 @@
 """Consent: consent tokens (issue/verify), revocation, and the consent and audit ledger.
 
-Consent tokens are Ed25519 JWTs with ``typ`` ``sfu-consent+jwt`` (claims in protocol.md,
-"Tokens"), verified with :func:`sfu.tokens.verify_jwt`; revoked ``jti``s are refused and
-verification fails closed when revocation state cannot be read. The ledger is append-only and
-hash-chained (embedded SQLite, Redis streams in a cluster).
-
-Placeholder: this package is built in a later issue.
+* :mod:`consent.tokens`: Ed25519 JWTs with ``typ`` ``sfu-consent+jwt`` (claims in protocol.md,
+  "Tokens"); :func:`~consent.tokens.verify_consent_token` is async and fails closed.
+* :mod:`consent.revocation`: revoked ``jti``s, embedded (SQLite) or in Redis, with push
+  notifications so recordings stop at once.
+* :mod:`consent.ledger` (model and checks), :mod:`consent.ledger_sqlite`,
+  :mod:`consent.ledger_redis`: the append-only, hash-chained record of consent and recordings;
+  :mod:`consent.audit` is ``python -m sfu audit verify``.
 """

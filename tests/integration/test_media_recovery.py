@@ -137,3 +137,29 @@ async def test_silent_producer_is_removed_and_subscribers_reoffered(
     finally:
         await viewer.close()
         await publisher.close()
+
+
+async def test_rtx_is_routed_per_track_with_two_video_tracks(
+    server: ServerProcess, room: str
+) -> None:
+    """aiortc drops RTX when two bundled video m-lines share its payload type; the
+    server's ingress routes RTX by SSRC itself, so both tracks are repaired."""
+    publisher = await Participant.join(
+        server.url,
+        server.token(room, "pub"),
+        publish_tracks=[FrameCounterTrack(), FrameCounterTrack(width=160, height=120)],
+    )
+    viewer = await Participant.join(server.url, server.token(room, "viewer"))
+    try:
+        await viewer.wait_remote_tracks(2, timeout=10)
+        assert publisher.publish_pc is not None
+        bridge.impair_datagrams(publisher.publish_pc, drop_outgoing=_lossy(0.05, seed=3))
+        for video in list(viewer.remote_tracks.values()):
+            decoded = await collect(video, 90, timeout=20)
+            counters = [c for c in (read_frame_counter(f) for f in decoded) if c is not None]  # type: ignore[arg-type]
+            span = counters[-1] - counters[0] + 1
+            assert counters == sorted(counters) and len(set(counters)) >= 0.9 * span
+        assert server.metrics()['sfu_media_recovery{counter="nacked_upstream"}'] > 0
+    finally:
+        await viewer.close()
+        await publisher.close()
