@@ -204,6 +204,10 @@ class RecordingSink:
             self._end_reason = reason
         self._control.set()  # the worker sees it within poll_s
 
+    def extend(self, stop_at: float) -> None:
+        """A renewed consent: stop at ``stop_at`` (Unix time) instead."""
+        self._stop_at_mono = time.monotonic() + (stop_at - time.time())
+
     def stop(self, reason: str = "stopped") -> None:
         """Accept no more packets; finish the file cleanly in the background."""
         self._end("stop", reason)

@@ -338,6 +338,20 @@ class RecordingStore:
         with self._lock:
             return [a.sink for a in self._active.values()]
 
+    def renew(self, recording_id: str, claims: ConsentClaims, *, now: float | None = None) -> None:
+        """A renewed consent token (verified) keeps recording ``recording_id`` past the old one's
+        expiry. Raises ConsentInvalid if it does not cover every recorded track, now."""
+        at = time.time() if now is None else now
+        with self._lock:
+            active = self._active.get(recording_id)
+            if active is None:
+                raise RecordingNotFound(recording_id)
+            for track in active.sink.tracks:
+                _consent_for([claims], room=active.info.room, subject=active.info.subject,
+                             kind=track.kind, at=at)
+            active.jtis = active.jtis | {claims.jti}
+            active.sink.extend(claims.expires_at)
+
     def active_for_jti(self, jti: str) -> list[RecordingSink]:
         """Sinks recording under consent ``jti``: stop these when it is revoked or withdrawn."""
         with self._lock:

@@ -384,8 +384,9 @@ def srtp_sessions(dtls: Any) -> tuple[FastSrtp, FastSrtp] | None:
 class IceRoute:
     """Where to send: the selected pair's socket and the remote address."""
 
-    transport: Any  # asyncio or uvloop datagram transport (has get_write_buffer_size)
+    transport: Any  # asyncio/uvloop datagram transport, or aioice's TURN relay transport
     remote: tuple[str, int]
+    pending: Callable[[], int]  # bytes queued but not yet sent (0 where unknown: TURN)
 
 
 def selected_route(dtls: Any) -> IceRoute | None:
@@ -393,7 +394,13 @@ def selected_route(dtls: Any) -> IceRoute | None:
     pair = dtls.transport._connection._nominated.get(1)
     if pair is None or pair.protocol.transport is None:
         return None
-    return IceRoute(pair.protocol.transport, pair.remote_addr)
+    transport = pair.protocol.transport
+    pending = getattr(transport, "get_write_buffer_size", None) or _nothing_pending
+    return IceRoute(transport, pair.remote_addr, pending)
+
+
+def _nothing_pending() -> int:
+    return 0
 
 
 DatagramHandler = Callable[[bytes, tuple[Any, ...]], bool]

@@ -1,8 +1,11 @@
-"""Command line: ``python -m sfu serve`` and ``python -m sfu token``.
+"""Command line: ``python -m sfu serve``, ``python -m sfu token`` and ``python -m sfu webhook``.
 
 ``serve [--host 127.0.0.1] [--port 8080] [--data-dir DIR] ...`` builds a
 :class:`~sfu.settings.Settings` from its flags over ``SFU_*`` variables (see :mod:`sfu.settings`
 for the table), configures logging and runs the server until SIGINT/SIGTERM.
+
+``webhook verify --authorization JWT [--body FILE] [--key KEY]`` checks a received webhook
+(key from ``SFU_WEBHOOK_KEY`` by default) and prints its event: for receivers' tests.
 
 ``token --data-dir DIR --room ROOM --identity ID [--role agent|customer]
 [--grants publish,subscribe,record] [--ttl SECONDS] [--issuer NAME]`` prints one access token on
@@ -17,16 +20,19 @@ Exit status: 0 success, 2 usage or configuration error (argparse style message),
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from recorder.cli import add_data_commands
 from sfu import __version__
 from sfu.keys import KeyStore, KeyStoreError
 from sfu.logs import configure_logging
 from sfu.settings import DEFAULT_ISSUER, Settings, SettingsError, add_serve_arguments
+from sfu.tls import check_transport_security, load_context
 from signaling.access import (
     GRANTS,
     MAX_TTL_S,
@@ -109,6 +115,36 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"token 'iss' (default {DEFAULT_ISSUER}) [env SFU_ISSUER]",
     )  # fmt: skip
     token.set_defaults(handler=_token, command_parser=token)
+
+    add_data_commands(commands)
+
+    webhook = commands.add_parser(
+        "webhook", help="webhook helpers for receivers", description="Webhook helpers."
+    )
+    webhook_commands = webhook.add_subparsers(
+        dest="webhook_command", metavar="ACTION", required=True
+    )
+    verify = webhook_commands.add_parser(
+        "verify",
+        help="check a received webhook's signature and print the event",
+        description="Check that BODY was sent by a server holding the webhook key: the "
+        "Authorization JWT (HS256) must verify and carry the body's SHA-256. Prints the event "
+        "JSON and exits 0, or prints why not and exits 1.",
+    )
+    verify.add_argument(
+        "--authorization", required=True, metavar="HEADER",
+        help="the Authorization header value (the JWT, with or without 'Bearer ')",
+    )  # fmt: skip
+    verify.add_argument(
+        "--body", type=Path, default=None, metavar="FILE",
+        help="file with the exact request body (default: standard input)",
+    )  # fmt: skip
+    verify.add_argument(
+        "--key", default=None, metavar="KEY",
+        help="the webhook key [env SFU_WEBHOOK_KEY] (prefer the variable: flags show in ps)",
+    )  # fmt: skip
+    verify.add_argument("--issuer", default=None, metavar="NAME", help="require this 'iss'")
+    verify.set_defaults(handler=_webhook_verify, command_parser=verify)
     return parser
 
 
@@ -130,9 +166,15 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     command_parser: argparse.ArgumentParser = args.command_parser
     try:
         settings = Settings.from_env_and_args(args, env)
+        check_transport_security(settings)
     except SettingsError as exc:
         command_parser.error(str(exc))  # exits 2
     configure_logging(settings.log_level, settings.log_format)
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        try:  # fail fast, before the media stack is imported (run() loads them again)
+            load_context(settings.tls_cert, settings.tls_key)
+        except SettingsError as exc:
+            return _fail("serve", str(exc))
 
     # Imported here: the CLI (and `token`) must not depend on the server at import time.
     from sfu import server_main
@@ -181,6 +223,25 @@ def _token(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         issuer=checked.issuer,
     )
     print(token, flush=True)
+    return 0
+
+
+def _webhook_verify(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    command_parser: argparse.ArgumentParser = args.command_parser
+    key = args.key if args.key is not None else _env(env, "SFU_WEBHOOK_KEY")
+    if not key:
+        command_parser.error("give --key or set SFU_WEBHOOK_KEY")
+    from sfu.webhooks import WebhookError, verify_webhook
+
+    try:
+        body = args.body.read_bytes() if args.body is not None else sys.stdin.buffer.read()
+    except OSError as exc:
+        return _fail("webhook verify", f"{args.body}: {exc.strerror or exc}")
+    try:
+        event = verify_webhook(body, args.authorization, key.strip(), issuer=args.issuer)
+    except WebhookError as exc:
+        return _fail("webhook verify", f"not verified: {exc}")
+    print(json.dumps(event, indent=2, sort_keys=True), flush=True)
     return 0
 
 

@@ -70,6 +70,7 @@ class Consumer:
         self.packets = 0
         self.octets = 0
         self.retransmitted = 0
+        self.retransmitted_octets = 0
         self.keyframe_waits = 0
         self._drop_to_frame_end = False
         self._timeline_after: int | None = None  # set when taking over a reused m-line
@@ -198,7 +199,9 @@ class Consumer:
                 ok = self.transport.send_rtp(packet, second, out_seq, out_ts, self.ssrc)
             else:
                 ok = self._send_rtx(packet, second, out_seq, out_ts)
-            sent += ok
+            if ok:
+                sent += 1
+                self.retransmitted_octets += len(packet) - 12
         self.retransmitted += sent
         return sent
 

@@ -8,10 +8,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sfu.rtcp import Fir, Nack, Pli, ReceiverReport, Remb, SenderReport, parse_rtcp
+from sfu.rtcp import (
+    Fir,
+    Nack,
+    Pli,
+    ReceiverReport,
+    Remb,
+    ReportBlock,
+    SenderReport,
+    parse_rtcp,
+)
 
 if TYPE_CHECKING:
     from sfu.consumer import Consumer
+    from sfu.peer_connection import ReportObserver
 
 __all__ = ["Egress"]
 
@@ -19,9 +29,13 @@ __all__ = ["Egress"]
 class Egress:
     """RTCP demultiplexer and sender-report source for one subscribe peer connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, observe_report: ReportObserver | None = None) -> None:
         self.consumers: dict[int, Consumer] = {}  # by our media SSRC
         self.unexpected_rtp = 0
+        self.nacks_received = 0  # sequence numbers asked for
+        self.plis_received = 0
+        self.firs_received = 0
+        self._observe_report = observe_report
 
     def add(self, consumer: Consumer) -> None:
         self.consumers[consumer.ssrc] = consumer
@@ -37,14 +51,17 @@ class Egress:
         consumers = self.consumers
         for message in parse_rtcp(packet):
             if isinstance(message, Nack):
+                self.nacks_received += len(message.seqs)
                 consumer = consumers.get(message.media_ssrc)
                 if consumer is not None:
                     consumer.on_nack(message.seqs)
             elif isinstance(message, Pli):
+                self.plis_received += 1
                 consumer = consumers.get(message.media_ssrc)
                 if consumer is not None:
                     consumer.on_keyframe_request(now)
             elif isinstance(message, Fir):
+                self.firs_received += 1
                 for ssrc, _ in message.entries:
                     consumer = consumers.get(ssrc)
                     if consumer is not None:
@@ -54,11 +71,20 @@ class Egress:
                     consumer = consumers.get(block.ssrc)
                     if consumer is not None:
                         consumer.on_report(block, now)
+                        self._observe(consumer, block)
             elif isinstance(message, Remb):
                 for ssrc in message.ssrcs:
                     consumer = consumers.get(ssrc)
                     if consumer is not None:
                         consumer.on_remb(message.bitrate)
+
+    def _observe(self, consumer: Consumer, block: ReportBlock) -> None:
+        """Feed the /metrics RTT, jitter and loss histograms (RTCP rate: about 1/s)."""
+        if self._observe_report is not None:
+            rate = consumer.producer.codec.clock_rate or 90_000
+            self._observe_report(
+                consumer.kind, consumer.rtt_s, block.jitter / rate, block.fraction_lost / 256
+            )
 
     def periodic(self, now: float) -> list[bytes]:
         reports = (consumer.sender_report(now) for consumer in self.consumers.values())

@@ -9,6 +9,7 @@ import structlog
 
 from sfu.peer_connection import MediaConfig
 from sfu.publisher import Publisher
+from sfu.room import NO_HOOKS, RoomHooks
 from sfu.subscriber import Subscriber
 
 if TYPE_CHECKING:
@@ -32,8 +33,10 @@ class Participant:
         grants: frozenset[str],
         room: Room,
         media: MediaConfig,
+        hooks: RoomHooks = NO_HOOKS,
     ) -> None:
         self.id = participant_id
+        self.hooks = hooks
         self.identity = identity
         self.role = role
         self.grants = grants

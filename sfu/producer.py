@@ -22,7 +22,13 @@ from sfu.rtp import find_extension, payload_offset, rtx_unwrap, translate_extens
 if TYPE_CHECKING:
     from sfu.consumer import Consumer
 
-__all__ = ["KEYFRAME_REQUEST_INTERVAL_S", "Producer", "ProducerFeedback", "SenderClock"]
+__all__ = [
+    "KEYFRAME_REQUEST_INTERVAL_S",
+    "Producer",
+    "ProducerFeedback",
+    "RecordingFeed",
+    "SenderClock",
+]
 
 KEYFRAME_REQUEST_INTERVAL_S = 0.5  # at most one PLI upstream per producer per 500 ms
 VIDEO_CACHE_PACKETS = 1024
@@ -38,6 +44,15 @@ class SenderClock:
     ntp: int
     rtp_ts: int
     received_at: float
+
+
+class RecordingFeed(Protocol):
+    """A recorder's end of a producer: sees exactly the bytes subscribers are sent."""
+
+    def forward(self, packet: bytes, seq: int, ts: int, keyframe: bool) -> None: ...
+
+    @property
+    def needs_keyframe(self) -> bool: ...
 
 
 class ProducerFeedback(Protocol):
@@ -80,6 +95,7 @@ class Producer:
         self.muted = False
         self.closed = False
         self.consumers: list[Consumer] = []
+        self.recorders: list[RecordingFeed] = []  # attached only after consent verified
         self.stats = ReceiveStats(codec.clock_rate)
         self.nacks = NackTracker()
         self.cache = PacketCache(VIDEO_CACHE_PACKETS if kind == "video" else AUDIO_CACHE_PACKETS)
@@ -92,6 +108,10 @@ class Producer:
         self._keyframe_retry_pending = False
         self.packets = 0
         self.last_payload_size = 0  # for consumers' sender-report octet counts
+        self.octets = 0  # payload bytes received (repairs included)
+        self.keyframes = 0
+        self.rtx_packets = 0
+        self.rtx_octets = 0
         # RFC 6464 levels (after id translation) summed for the active-speaker detector.
         self._audio_level_id = audio_level_id if kind == "audio" else 0
         self.level_sum = 0
@@ -135,14 +155,18 @@ class Producer:
                 self.level_sum += level[0] & 0x7F  # -dBov: 0 loudest, 127 silent
                 self.level_count += 1
         self.cache.put(seq, packet)
-        self.last_payload_size = len(packet) - offset
+        size = self.last_payload_size = len(packet) - offset
+        self.octets += size
         keyframe = is_keyframe_start(self._codec_name, memoryview(packet)[offset:])
         if keyframe and self.kind == "video":
             self.last_keyframe_at = now
+            self.keyframes += 1
         if self.muted:
             return
         for consumer in self.consumers:
             consumer.forward(packet, seq, ts, keyframe)
+        for recorder in self.recorders:
+            recorder.forward(packet, seq, ts, keyframe)
 
     def on_rtx(self, packet: bytes, now: float) -> None:
         """A retransmission (RFC 4588) answering one of our NACKs."""
@@ -150,7 +174,9 @@ class Producer:
             return
         original = rtx_unwrap(packet, self.ssrc, self.codec.payload_type)
         if original is not None:
+            self.rtx_packets += 1
             self.on_rtp(original, now)
+            self.rtx_octets += self.last_payload_size
 
     # --- control --------------------------------------------------------------------
 
@@ -201,7 +227,9 @@ class Producer:
             self.request_keyframe(now)
 
     def _keyframe_awaited(self) -> bool:
-        return any(c.awaiting_keyframe for c in self.consumers)
+        return any(c.awaiting_keyframe for c in self.consumers) or any(
+            r.needs_keyframe for r in self.recorders
+        )
 
     def add_consumer(self, consumer: Consumer) -> None:
         self.consumers.append(consumer)
@@ -221,6 +249,7 @@ class Producer:
         consumers, self.consumers = self.consumers, []
         for consumer in consumers:
             consumer.producer_closed()
+        self.recorders = []  # the recording service finishes the file
         self.cache.clear()
         for callback in self._on_close:
             callback(self)

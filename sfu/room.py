@@ -3,21 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from sfu.speakers import ActiveSpeakers
+from sfu.webhooks import EventSink, NullEvents
 
 if TYPE_CHECKING:
     from sfu.participant import Participant
     from sfu.producer import Producer
+    from sfu.stats import TrafficArchive
 
-__all__ = ["SPEAKER_TICK_S", "Room"]
+__all__ = ["NO_HOOKS", "SPEAKER_TICK_S", "Room", "RoomHooks"]
 
 log = structlog.get_logger(__name__)
 
 SPEAKER_TICK_S = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class RoomHooks:
+    """Where a room reports to outside the media graph: webhook events and /metrics totals."""
+
+    events: EventSink = field(default_factory=NullEvents)
+    traffic: TrafficArchive | None = None
+
+
+NO_HOOKS = RoomHooks()
 
 
 class Room:
@@ -29,12 +43,23 @@ class Room:
         self.tracks: dict[str, Producer] = {}
         self.speakers = ActiveSpeakers()
         self._speaker_task: asyncio.Task[None] | None = None
+        self.hooks = NO_HOOKS  # the server's, adopted from the first participant
+        self._started = False
+        self._leaving = 0  # participants whose close() is still running
 
     def describe(self) -> dict[str, str]:
         return {"id": self.id}
 
     def join(self, participant: Participant) -> None:
+        if participant.hooks is not NO_HOOKS:
+            self.hooks = participant.hooks
+        if not self._started:
+            self._started = True
+            self.hooks.events.emit("room_started", room=self.describe())
         self.participants[participant.id] = participant
+        self.hooks.events.emit(
+            "participant_joined", room=self.describe(), participant=participant.describe()
+        )
         self.broadcast(
             {"type": "participant.joined", "participant": participant.describe()},
             exclude=participant.id,
@@ -54,9 +79,23 @@ class Room:
     async def leave(self, participant: Participant) -> None:
         if self.participants.pop(participant.id, None) is None:
             return
-        await participant.close()
+        traffic = self.hooks.traffic
+        held = traffic.hold(participant) if traffic is not None else None
+        self._leaving += 1
+        try:
+            await participant.close()
+        finally:
+            self._leaving -= 1
+            if traffic is not None and held is not None:
+                traffic.release(held)
         self.broadcast({"type": "participant.left", "participant": participant.describe()})
         log.info("participant_left", room=self.id, participant=participant.id)
+        self.hooks.events.emit(
+            "participant_left", room=self.describe(), participant=participant.describe()
+        )
+        if self.empty and self._started and not self._leaving:
+            self._started = False
+            self.hooks.events.emit("room_finished", room=self.describe())
 
     def producer_added(self, producer: Producer) -> None:
         self.tracks[producer.id] = producer
@@ -66,13 +105,22 @@ class Room:
         )
         for participant in self.participants.values():
             participant.offer_track(producer)
+        self.hooks.events.emit("track_published", room=self.describe(), track=producer.describe())
 
     def producer_removed(self, producer: Producer) -> None:
         if self.tracks.pop(producer.id, None) is None:
             return
         self.broadcast({"type": "track.unpublished", "track": producer.describe()})
+        traffic = self.hooks.traffic
         for participant in self.participants.values():
+            if traffic is not None:
+                consumer = participant.subscriber.consumers.get(producer.id)
+                if consumer is not None:
+                    traffic.retire(consumer)  # it forwards nothing more
             participant.subscriber.drop(producer.id)
+        if traffic is not None:
+            traffic.retire(producer)
+        self.hooks.events.emit("track_unpublished", room=self.describe(), track=producer.describe())
 
     async def _watch_speakers(self) -> None:
         """Tell everyone who is speaking, from audio levels (ends when the room empties)."""

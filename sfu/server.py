@@ -1,15 +1,28 @@
-"""The server root: settings, keys, rooms. Closing it closes everything below it."""
+"""The server root: settings, keys, rooms. Closing it closes everything below it.
+
+Besides the rooms it owns the operations side: the ICE servers handed out (with TURN REST
+credentials), webhook delivery, /metrics statistics and the draining state.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import math
+import socket
 import time
+from typing import Any
 
 import structlog
 
+from recorder.service import RecordingService
 from sfu.keys import KeyStore
 from sfu.peer_connection import MediaConfig
+from sfu.room import RoomHooks
 from sfu.rooms import LocalRoomRegistry, RoomRegistry
-from sfu.settings import Settings
+from sfu.settings import IceServer, Settings
+from sfu.stats import ServerStats
+from sfu.turn import IceServerSet
+from sfu.webhooks import Webhooks
 
 __all__ = ["Server"]
 
@@ -20,19 +33,100 @@ class Server:
     """Owns the room registry; the signalling layer asks it for rooms."""
 
     def __init__(
-        self, settings: Settings, keys: KeyStore, rooms: RoomRegistry | None = None
+        self,
+        settings: Settings,
+        keys: KeyStore,
+        rooms: RoomRegistry | None = None,
+        *,
+        worker_id: str = "0",
+        recordings: RecordingService | None = None,
     ) -> None:
         self.settings = settings
         self.keys = keys
+        self.recordings = recordings  # consent-gated recorder (None: recording disabled)
+        self.worker_id = worker_id
         self.rooms: RoomRegistry = rooms if rooms is not None else LocalRoomRegistry()
+        self.stats = ServerStats()
+        self.ice = IceServerSet.from_settings(settings)
         self.media = MediaConfig(
-            ice_servers=tuple(dict(s) for s in settings.ice_servers),
+            ice_servers=self.ice.for_server(),
             announce_ip=settings.announce_ip,
             queue_limit=settings.subscriber_queue_bytes,
             stale_after_s=settings.producer_timeout_s,
+            observe_report=self.stats.reports.observe,
         )
+        self.webhooks = self._webhooks(settings)
+        self.hooks = RoomHooks(events=self.webhooks, traffic=self.stats.traffic)
         self.started_at = time.time()
         self.closing = False
+        self.draining = False
+        self._drain_deadline = 0.0  # time.monotonic() when draining ends at the latest
+
+    def _webhooks(self, settings: Settings) -> Webhooks:
+        options: dict[str, Any] = {
+            "issuer": settings.issuer,
+            "worker": self.worker_id,
+            "timeout_s": settings.webhook_timeout_s,
+            "retry_max_s": settings.webhook_retry_max_s,
+            "queue_size": settings.webhook_queue_size,
+        }
+        if settings.redis_url and settings.webhook_urls:
+            # One consumer name per node and data dir: after a restart it finds its own
+            # unacknowledged events in the stream's pending list.
+            where = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:8]
+            node = f"{socket.gethostname()}:{where}:{self.worker_id}"
+            client, factory = Webhooks.redis_queues(
+                settings.redis_url, queue_size=settings.webhook_queue_size, consumer=node
+            )
+            hooks = Webhooks(
+                settings.webhook_urls, settings.webhook_key, queue_factory=factory, **options
+            )
+            hooks.attach_redis(client)
+            return hooks
+        return Webhooks(settings.webhook_urls, settings.webhook_key, **options)
+
+    def ice_servers_for(self, participant_id: str) -> list[IceServer]:
+        """``joined.ice_servers``: configured servers plus this participant's TURN credential."""
+        return self.ice.for_user(participant_id)
+
+    async def start(self) -> None:
+        """Start the background parts: webhook delivery and the event-loop lag probe."""
+        self.stats.loop_lag.start()
+        await self.webhooks.start()
+
+    # --- draining ---------------------------------------------------------------------
+
+    def start_draining(self, deadline_s: float) -> None:
+        """Refuse joins from now on and tell every participant to move before the deadline."""
+        deadline = time.monotonic() + deadline_s
+        if self.draining:
+            self._drain_deadline = min(self._drain_deadline, deadline)
+        else:
+            self.draining = True
+            self._drain_deadline = deadline
+        remaining = self.drain_remaining()
+        participants = 0
+        for room in self.rooms.all():
+            for participant in room.participants.values():
+                participant.send({"type": "server.draining", "deadline": remaining})
+                participants += 1
+        log.info("draining", deadline_s=remaining, participants=participants)
+
+    def drain_remaining(self) -> float:
+        """Seconds left until the drain deadline (0 when not draining or past it)."""
+        if not self.draining:
+            return 0.0
+        return max(0.0, round(self._drain_deadline - time.monotonic(), 3))
+
+    def retry_after_s(self) -> int:
+        """``Retry-After`` for refused joins: when this node will be gone at the latest."""
+        return max(1, math.ceil(self.drain_remaining()))
+
+    @property
+    def participant_count(self) -> int:
+        return sum(len(room.participants) for room in self.rooms.all())
+
+    # --- closing ------------------------------------------------------------------------
 
     async def close(self) -> None:
         """Leave every participant of every room (peer connections closed)."""
@@ -41,4 +135,11 @@ class Server:
             for participant in list(room.participants.values()):
                 await room.leave(participant)
             self.rooms.release(room)
+        if self.recordings is not None:
+            await self.recordings.close()  # every file finished and sealed
         log.info("server_closed")
+
+    async def stop(self, webhook_flush_s: float = 5.0) -> None:
+        """After :meth:`close`: deliver what webhooks can in time, stop background tasks."""
+        await self.webhooks.close(webhook_flush_s)
+        await self.stats.loop_lag.stop()

@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import ssl
 
 import structlog
 from aiohttp import web
 
+from recorder.service import RecordingService
 from sfu import aiortc_bridge as bridge
+from sfu.drain import Drain
 from sfu.keys import KeyStore
 from sfu.server import Server
 from sfu.settings import Settings
+from sfu.tls import ReloadingTls, self_signed
 from signaling.app import create_app
 
 __all__ = ["run"]
 
 log = structlog.get_logger(__name__)
 
+WEBHOOK_FLUSH_S = 5.0
+
 
 def run(settings: Settings) -> int:
-    """Serve until SIGINT/SIGTERM, then close every session gracefully."""
+    """Serve until SIGINT/SIGTERM, drain, then close every session gracefully."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency, but stay portable
@@ -28,29 +35,74 @@ def run(settings: Settings) -> int:
     return uvloop.run(_serve(settings))
 
 
+def _tls(settings: Settings) -> ReloadingTls | None:
+    """The reloading TLS context, or None for plain http (TlsError on unusable files)."""
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        return ReloadingTls(
+            settings.tls_cert, settings.tls_key, interval_s=settings.tls_reload_interval_s
+        )
+    if settings.tls_self_signed:
+        cert, key = self_signed(settings)
+        tls = ReloadingTls(cert, key, interval_s=settings.tls_reload_interval_s)
+        log.warning(
+            "tls_self_signed",
+            fingerprint_sha256=tls.info.fingerprint_sha256,
+            certificate=str(cert),
+            note="browsers warn about it: compare this fingerprint, then use real certificates",
+        )
+        return tls
+    return None
+
+
 async def _serve(settings: Settings) -> int:
     await bridge.check_contract()
     bridge.restrict_host_addresses(settings.ice_hosts)
     bridge.forbid_transcoding()
     keys = KeyStore.open(settings.data_dir)
-    server = Server(settings, keys)
+    tls = _tls(settings)
+    context: ssl.SSLContext | None = tls.context if tls is not None else None
+    recordings = await RecordingService.open(
+        settings.data_dir, keys, settings.issuer, redis_url=settings.redis_url
+    )
+    server = Server(settings, keys, recordings=recordings)
     runner = web.AppRunner(create_app(server), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    port = runner.addresses[0][1]
-    log.info(
-        "listening",
-        url=f"http://{settings.host}:{port}",
-        port=port,
-        data_dir=str(settings.data_dir),
-        ice_hosts=list(settings.ice_hosts),
-    )
-    stop = asyncio.Event()
+    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=context)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting_down")
-    await runner.cleanup()
+    watcher: asyncio.Task[None] | None = None
+    try:
+        await site.start()
+        await server.start()
+        port = runner.addresses[0][1]
+        scheme = "https" if tls is not None else "http"
+        certificate = (
+            {"tls_not_after": tls.info.not_after, "fingerprint_sha256": tls.info.fingerprint_sha256}
+            if tls is not None
+            else {}
+        )
+        log.info(
+            "listening",
+            url=f"{scheme}://{settings.host}:{port}",
+            port=port,
+            tls=tls is not None,
+            data_dir=str(settings.data_dir),
+            ice_hosts=list(settings.ice_hosts),
+            turn=server.ice.has_turn,
+            webhooks=len(settings.webhook_urls),
+            **certificate,
+        )
+        if tls is not None:
+            watcher = loop.create_task(tls.watch(), name="tls-watch")
+            loop.add_signal_handler(signal.SIGHUP, tls.check)
+        drain = Drain(server, deadline_s=settings.drain_deadline_s)
+        drain.install(loop)
+        reason = await drain.wait()
+        log.info("shutting_down", reason=reason, participants=server.participant_count)
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await runner.cleanup()
+        await server.stop(WEBHOOK_FLUSH_S)
     return 0

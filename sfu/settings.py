@@ -27,6 +27,21 @@ ice_servers              SFU_ICE_SERVERS (JSON)  --ice-servers         [] (no pu
 issuer                   SFU_ISSUER              --issuer              oktorus-sfu
 token_leeway_s           SFU_TOKEN_LEEWAY        --token-leeway        10
 producer_timeout_s       SFU_PRODUCER_TIMEOUT    --producer-timeout    15
+tls_cert                 SFU_TLS_CERT            --tls-cert            none (plain http/ws)
+tls_key                  SFU_TLS_KEY             --tls-key             none
+tls_self_signed          SFU_TLS_SELF_SIGNED     --tls-self-signed     off
+tls_reload_interval_s    SFU_TLS_RELOAD_INTERVAL --tls-reload-interval 10
+allow_insecure_http      SFU_ALLOW_INSECURE_HTTP --allow-insecure-http off (http: loopback only)
+turn_uris                SFU_TURN_URIS (a,b,..)  --turn-uri (repeat)   none
+turn_secret              SFU_TURN_SECRET         --turn-secret         none (secret)
+turn_ttl_s               SFU_TURN_TTL            --turn-ttl            86400
+webhook_urls             SFU_WEBHOOK_URLS (a,..) --webhook-url (rep.)  none
+webhook_key              SFU_WEBHOOK_KEY         --webhook-key         none (secret, >= 32 chars)
+webhook_timeout_s        SFU_WEBHOOK_TIMEOUT     --webhook-timeout     5
+webhook_retry_max_s      SFU_WEBHOOK_RETRY_MAX   --webhook-retry-max   30
+webhook_queue_size       SFU_WEBHOOK_QUEUE_SIZE  --webhook-queue-size  10000 (per URL)
+redis_url                SFU_REDIS_URL           --redis               none (webhooks, consent)
+drain_deadline_s         SFU_DRAIN_DEADLINE      --drain-deadline      300
 max_message_bytes        -                       -                     65536
 subscriber_queue_bytes   -                       -                     262144 (256 KiB)
 =======================  ======================  ====================  ==========================
@@ -43,6 +58,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
+from urllib.parse import urlsplit
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -55,6 +71,7 @@ __all__ = [
     "Settings",
     "SettingsError",
     "add_serve_arguments",
+    "is_loopback_host",
 ]
 
 DEFAULT_HOST = "127.0.0.1"
@@ -73,6 +90,12 @@ _ICE_URL_RE = re.compile(
 )
 _HOSTNAME_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_TURN_TTL_S = 7 * 86400.0
+_MAX_DRAIN_DEADLINE_S = 86400.0
+_MIN_WEBHOOK_KEY_LEN = 32
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class SettingsError(ValueError):
@@ -300,6 +323,114 @@ def _check_positive_int(value: object) -> None:
         raise SettingsError("must be a positive integer")
 
 
+def _check_optional_path(value: object) -> None:
+    if value is not None:
+        _check_data_dir(value)
+
+
+def _check_bool(value: object) -> None:
+    if not isinstance(value, bool):
+        raise SettingsError("must be true or false")
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SettingsError(f"must be one of 1/true/yes/on or 0/false/no/off, got {raw!r}")
+
+
+def _split_list(raw: str) -> list[str]:
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def _check_turn_uris(value: object) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(u, str) for u in value):
+        raise SettingsError("must be a tuple of stun:/turn:/turns: URI strings")
+    for uri in value:
+        match = _ICE_URL_RE.match(uri)
+        if match is None:
+            raise SettingsError(f"not a stun:/stuns:/turn:/turns: URI: {uri!r}")
+        if match.group("scheme").startswith("stun") and "?" in uri:
+            raise SettingsError(f"a STUN URI takes no query: {uri!r}")
+    if len(set(value)) != len(value):
+        raise SettingsError("URIs must be unique")
+
+
+def _parse_turn_uris(raw: str) -> tuple[str, ...]:
+    uris: list[str] = []
+    for item in _split_list(raw):
+        if item not in uris:
+            uris.append(item)
+    if not uris:
+        raise SettingsError("needs at least one URI")
+    _check_turn_uris(tuple(uris))
+    return tuple(uris)
+
+
+def _check_secret(what: str, minimum: int) -> Callable[[object], None]:
+    def check(value: object) -> None:
+        if value is None:
+            return
+        if not isinstance(value, str) or len(value) < minimum or _CONTROL_RE.search(value):
+            # Never echo the value: it is a secret.
+            raise SettingsError(f"{what} must be at least {minimum} printable characters")
+
+    return check
+
+
+def _parse_secret(raw: str) -> str:
+    return raw.strip()
+
+
+def _check_webhook_urls(value: object) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(u, str) for u in value):
+        raise SettingsError("must be a tuple of http(s) URL strings")
+    for url in value:
+        parsed = urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            # The URL may carry a token: name only its scheme and host.
+            raise SettingsError(
+                f"not an http:// or https:// URL (scheme {parsed.scheme!r}, "
+                f"host {parsed.hostname!r})"
+            )
+        if _CONTROL_RE.search(url) or " " in url:
+            raise SettingsError("a webhook URL must not contain spaces or control characters")
+    if len(set(value)) != len(value):
+        raise SettingsError("webhook URLs must be unique")
+
+
+def _parse_webhook_urls(raw: str) -> tuple[str, ...]:
+    urls: list[str] = []
+    for item in _split_list(raw):
+        if item not in urls:
+            urls.append(item)
+    if not urls:
+        raise SettingsError("needs at least one URL")
+    return tuple(urls)
+
+
+def _check_redis_url(value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value.startswith(_REDIS_SCHEMES):
+        raise SettingsError("must be a redis://, rediss:// or unix:// URL")
+    if _CONTROL_RE.search(value) or " " in value:
+        raise SettingsError("must not contain spaces or control characters")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.rstrip(".").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 # --------------------------------------------------------------------------- option table
 
 
@@ -314,11 +445,19 @@ class Option:
     help: str
     parse: Callable[[str], object] | None
     check: Callable[[object], None]
+    action: str = "store"  # argparse action: "store", "append" (repeatable) or "store_true"
 
 
 _check_leeway = _check_seconds(minimum=0.0, maximum=_MAX_LEEWAY_S, inclusive_min=True)
 _check_producer_timeout = _check_seconds(
     minimum=0.0, maximum=_MAX_PRODUCER_TIMEOUT_S, inclusive_min=False
+)
+_check_reload_interval = _check_seconds(minimum=0.0, maximum=3600.0, inclusive_min=False)
+_check_turn_ttl = _check_seconds(minimum=60.0, maximum=_MAX_TURN_TTL_S, inclusive_min=True)
+_check_webhook_timeout = _check_seconds(minimum=0.0, maximum=300.0, inclusive_min=False)
+_check_retry_max = _check_seconds(minimum=0.0, maximum=86400.0, inclusive_min=False)
+_check_drain_deadline = _check_seconds(
+    minimum=0.0, maximum=_MAX_DRAIN_DEADLINE_S, inclusive_min=True
 )
 
 OPTIONS: tuple[Option, ...] = (
@@ -341,7 +480,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("ice_hosts", "SFU_ICE_HOSTS", "--ice-host", "ADDR",
            "IP address to gather ICE host candidates on; repeatable or comma-separated "
            "(default 127.0.0.1; never all interfaces unless listed)",
-           _parse_ice_hosts, _check_ice_hosts),
+           _parse_ice_hosts, _check_ice_hosts, "append"),
     Option("announce_ip", "SFU_ANNOUNCE_IP", "--announce-ip", "IP",
            "public IP written into server candidates when behind NAT (default none)",
            _parse_announce_ip, _check_announce_ip),
@@ -358,6 +497,52 @@ OPTIONS: tuple[Option, ...] = (
     Option("producer_timeout_s", "SFU_PRODUCER_TIMEOUT", "--producer-timeout", "SECONDS",
            "a published track that receives no packets for this long is removed (default 15)",
            _parse_float, _check_producer_timeout),
+    Option("tls_cert", "SFU_TLS_CERT", "--tls-cert", "FILE",
+           "PEM certificate chain: serve https/wss (with --tls-key); re-read when it changes",
+           _parse_path, _check_optional_path),
+    Option("tls_key", "SFU_TLS_KEY", "--tls-key", "FILE",
+           "PEM private key of --tls-cert", _parse_path, _check_optional_path),
+    Option("tls_self_signed", "SFU_TLS_SELF_SIGNED", "--tls-self-signed", "",
+           "serve https/wss with a self-signed certificate kept in the data dir (a first try "
+           "on a LAN; its SHA-256 fingerprint is logged)",
+           _parse_bool, _check_bool, "store_true"),
+    Option("tls_reload_interval_s", "SFU_TLS_RELOAD_INTERVAL", "--tls-reload-interval",
+           "SECONDS", "how often the TLS files are checked for changes (default 10)",
+           _parse_float, _check_reload_interval),
+    Option("allow_insecure_http", "SFU_ALLOW_INSECURE_HTTP", "--allow-insecure-http", "",
+           "allow plain http/ws on a non-loopback --host (behind a TLS-terminating proxy)",
+           _parse_bool, _check_bool, "store_true"),
+    Option("turn_uris", "SFU_TURN_URIS", "--turn-uri", "URI",
+           "STUN/TURN URI handed to clients, TURN with per-participant REST credentials from "
+           "--turn-secret, e.g. turn:turn.example.org:3478?transport=udp; repeatable",
+           _parse_turn_uris, _check_turn_uris, "append"),
+    Option("turn_secret", "SFU_TURN_SECRET", "--turn-secret", "SECRET",
+           "coturn static-auth-secret for TURN REST credentials (prefer the variable: flags "
+           "show in ps)", _parse_secret, _check_secret("the TURN secret", 8)),
+    Option("turn_ttl_s", "SFU_TURN_TTL", "--turn-ttl", "SECONDS",
+           "lifetime of minted TURN credentials; must outlast the longest call (default 86400)",
+           _parse_float, _check_turn_ttl),
+    Option("webhook_urls", "SFU_WEBHOOK_URLS", "--webhook-url", "URL",
+           "http(s) URL that receives signed webhook events; repeatable",
+           _parse_webhook_urls, _check_webhook_urls, "append"),
+    Option("webhook_key", "SFU_WEBHOOK_KEY", "--webhook-key", "KEY",
+           f"HMAC key (>= {_MIN_WEBHOOK_KEY_LEN} chars) signing webhook JWTs (prefer the variable)",
+           _parse_secret, _check_secret("the webhook key", _MIN_WEBHOOK_KEY_LEN)),
+    Option("webhook_timeout_s", "SFU_WEBHOOK_TIMEOUT", "--webhook-timeout", "SECONDS",
+           "one webhook delivery attempt gives up after this long (default 5)",
+           _parse_float, _check_webhook_timeout),
+    Option("webhook_retry_max_s", "SFU_WEBHOOK_RETRY_MAX", "--webhook-retry-max", "SECONDS",
+           "ceiling of the exponential retry backoff of webhook deliveries (default 30)",
+           _parse_float, _check_retry_max),
+    Option("webhook_queue_size", "SFU_WEBHOOK_QUEUE_SIZE", "--webhook-queue-size", "N",
+           "events kept per webhook URL while undelivered; oldest dropped beyond (default 10000)",
+           _parse_int, _check_positive_int),
+    Option("redis_url", "SFU_REDIS_URL", "--redis", "URL",
+           "Redis for the durable webhook queue and the consent ledger and revocations",
+           _parse_str, _check_redis_url),
+    Option("drain_deadline_s", "SFU_DRAIN_DEADLINE", "--drain-deadline", "SECONDS",
+           "on SIGTERM, wait at most this long for participants to leave (default 300; "
+           "SIGINT waits at most 5)", _parse_float, _check_drain_deadline),
     Option("max_message_bytes", None, None, "BYTES",
            "largest signalling message accepted", None, _check_positive_int),
     Option("subscriber_queue_bytes", None, None, "BYTES",
@@ -393,6 +578,22 @@ class Settings:
     issuer: str = DEFAULT_ISSUER
     token_leeway_s: float = 10.0
     producer_timeout_s: float = 15.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_self_signed: bool = False
+    tls_reload_interval_s: float = 10.0
+    allow_insecure_http: bool = False
+    turn_uris: tuple[str, ...] = ()
+    # Secrets (and URLs that may carry tokens) stay out of repr; redacted() masks them.
+    turn_secret: str | None = field(default=None, repr=False)
+    turn_ttl_s: float = 86400.0
+    webhook_urls: tuple[str, ...] = field(default=(), repr=False)
+    webhook_key: str | None = field(default=None, repr=False)
+    webhook_timeout_s: float = 5.0
+    webhook_retry_max_s: float = 30.0
+    webhook_queue_size: int = 10000
+    redis_url: str | None = field(default=None, repr=False)
+    drain_deadline_s: float = 300.0
     max_message_bytes: int = 65536
     subscriber_queue_bytes: int = 256 * 1024
 
@@ -402,6 +603,23 @@ class Settings:
                 option.check(getattr(self, option.name))
             except SettingsError as exc:
                 raise SettingsError(f"{option.name}: {exc}") from None
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SettingsError("--tls-cert and --tls-key (SFU_TLS_CERT, SFU_TLS_KEY) go together")
+        if self.tls_cert is not None and self.tls_self_signed:
+            raise SettingsError("give either --tls-cert/--tls-key or --tls-self-signed, not both")
+        if any(u.startswith("turn") for u in self.turn_uris) and not self.turn_secret:
+            raise SettingsError("TURN URIs (--turn-uri, SFU_TURN_URIS) need --turn-secret")
+        if self.turn_secret and not any(u.startswith("turn") for u in self.turn_uris):
+            raise SettingsError("--turn-secret (SFU_TURN_SECRET) needs a turn: --turn-uri")
+        if self.webhook_urls and not self.webhook_key:
+            raise SettingsError(
+                "webhooks are always signed: --webhook-url needs --webhook-key (SFU_WEBHOOK_KEY)"
+            )
+
+    @property
+    def tls(self) -> bool:
+        """True when the server speaks https/wss."""
+        return self.tls_cert is not None or self.tls_self_signed
 
     @classmethod
     def from_env_and_args(
@@ -421,7 +639,7 @@ class Settings:
             source = ""
             if args is not None and option.flag is not None:
                 given = getattr(args, _dest(option), None)
-                if isinstance(given, list):  # repeatable flag (--ice-host)
+                if isinstance(given, list):  # repeatable flag (--ice-host, --turn-uri, ...)
                     given = ",".join(given)
                 if given is not None:
                     raw, source = str(given), option.flag
@@ -457,9 +675,33 @@ class Settings:
             "issuer": self.issuer,
             "token_leeway_s": self.token_leeway_s,
             "producer_timeout_s": self.producer_timeout_s,
+            "tls_cert": str(self.tls_cert) if self.tls_cert else None,
+            "tls_key": str(self.tls_key) if self.tls_key else None,
+            "tls_self_signed": self.tls_self_signed,
+            "tls_reload_interval_s": self.tls_reload_interval_s,
+            "allow_insecure_http": self.allow_insecure_http,
+            "turn_uris": list(self.turn_uris),
+            "turn_secret": "***" if self.turn_secret else None,
+            "turn_ttl_s": self.turn_ttl_s,
+            "webhook_urls": [_redact_url(url) for url in self.webhook_urls],
+            "webhook_key": "***" if self.webhook_key else None,
+            "webhook_timeout_s": self.webhook_timeout_s,
+            "webhook_retry_max_s": self.webhook_retry_max_s,
+            "webhook_queue_size": self.webhook_queue_size,
+            "redis_url": _redact_url(self.redis_url) if self.redis_url else None,
+            "drain_deadline_s": self.drain_deadline_s,
             "max_message_bytes": self.max_message_bytes,
             "subscriber_queue_bytes": self.subscriber_queue_bytes,
         }
+
+
+def _redact_url(url: str) -> str:
+    """scheme://host[:port]/path of a URL: no user info, query or fragment (may hold tokens)."""
+    parsed = urlsplit(url)
+    host = parsed.hostname or ""
+    port = f":{parsed.port}" if parsed.port else ""
+    masked = "***@" if parsed.username or parsed.password else ""
+    return f"{parsed.scheme}://{masked}{host}{port}{parsed.path}" + ("?***" if parsed.query else "")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -468,10 +710,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         if option.flag is None:
             continue
         extra = f" [env {option.env}]" if option.env else ""
-        if option.name == "ice_hosts":
+        if option.action == "append":
             parser.add_argument(
                 option.flag, dest=_dest(option), action="append", metavar=option.metavar,
                 default=None, help=option.help + extra,
+            )  # fmt: skip
+        elif option.action == "store_true":
+            parser.add_argument(
+                option.flag, dest=_dest(option), action="store_true", default=None,
+                help=option.help + extra,
             )  # fmt: skip
         else:
             parser.add_argument(

@@ -44,7 +44,7 @@ class Subscriber:
     ) -> None:
         self.participant_id = participant_id
         self.consumers: dict[str, Consumer] = {}  # by track id
-        self.egress = Egress()
+        self.egress = Egress(media.observe_report)
         self.transport: MediaTransport | None = None
         self.negotiations = 0
         self._media = media

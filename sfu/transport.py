@@ -40,6 +40,7 @@ class RtcpPeer(Protocol):
 @dataclass(slots=True)
 class TransportCounters:
     rtp_in: int = 0
+    bytes_in: int = 0
     rtcp_in: int = 0
     rtp_out: int = 0
     rtcp_out: int = 0
@@ -133,6 +134,7 @@ class MediaTransport:
             counters.dropped_foreign += 1
             return True
         now = time.monotonic()
+        counters.bytes_in += n
         if 191 < data[1] < 224:
             plain = rx.unprotect_rtcp(data)
             if plain is None:
@@ -168,8 +170,7 @@ class MediaTransport:
         if tx is None or route is None:
             self.counters.dropped_unready += 1
             return False
-        transport = route.transport
-        if transport.get_write_buffer_size() > self._queue_limit:
+        if route.pending() > self._queue_limit:
             # Bounded queue: a slow subscriber loses packets, nobody else waits.
             self.counters.dropped_queue_full += 1
             return False
@@ -177,7 +178,7 @@ class MediaTransport:
         if data is None:
             self.counters.dropped_srtp += 1
             return False
-        transport.sendto(data, route.remote)
+        route.transport.sendto(data, route.remote)
         self.counters.rtp_out += 1
         self.counters.bytes_out += len(data)
         return True

@@ -7,8 +7,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from sfu.server import Server
+from signaling.http_api import setup_http_api
 from signaling.messages import MAX_FRAME_BYTES
-from signaling.metrics import render_metrics
+from signaling.metrics import METRICS_CONTENT_TYPE, render_metrics
+from signaling.pages import setup_pages
+from signaling.recordings_api import setup_recordings_api
 from signaling.session import SignalSession
 
 __all__ = ["SERVER", "SESSIONS", "create_app"]
@@ -21,6 +24,14 @@ HARD_FRAME_LIMIT = 4 * MAX_FRAME_BYTES
 
 
 async def signal(request: web.Request) -> web.StreamResponse:
+    server = request.app[SERVER]
+    if server.draining or server.closing:
+        # Draining: no new sessions here; a load balancer or client retries on another node.
+        return web.json_response(
+            {"code": "draining", "message": "the server is draining; join another node"},
+            status=503,
+            headers={"Retry-After": str(server.retry_after_s())},
+        )
     ws = web.WebSocketResponse(max_msg_size=HARD_FRAME_LIMIT, heartbeat=20.0)
     await ws.prepare(request)
     session = SignalSession(ws, request.app[SERVER])
@@ -37,10 +48,22 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def readyz(request: web.Request) -> web.Response:
+    """Accepting joins: 200, or 503 while draining/closing (load balancers stop sending)."""
+    server = request.app[SERVER]
+    if server.draining or server.closing:
+        return web.json_response(
+            {"status": "draining", "deadline": server.drain_remaining()},
+            status=503,
+            headers={"Retry-After": str(server.retry_after_s())},
+        )
+    return web.json_response({"status": "ready"})
+
+
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(
-        text=render_metrics(request.app[SERVER]), content_type="text/plain", charset="utf-8"
-    )
+    response = web.Response(body=render_metrics(request.app[SERVER]).encode())
+    response.headers["Content-Type"] = METRICS_CONTENT_TYPE
+    return response
 
 
 def create_app(server: Server) -> web.Application:
@@ -49,7 +72,11 @@ def create_app(server: Server) -> web.Application:
     app[SESSIONS] = set()
     app.router.add_get("/v1/signal", signal)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    setup_http_api(app, server)
+    setup_recordings_api(app, server)
+    setup_pages(app)
 
     async def close_server(app: web.Application) -> AsyncIterator[None]:
         yield

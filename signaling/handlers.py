@@ -14,6 +14,7 @@ from sfu.participant import Participant
 from sfu.sdp_guard import SdpError
 from sfu.tokens import TokenError
 from signaling.access import verify_access_token
+from signaling.consent_handlers import CONSENT_HANDLERS
 from signaling.messages import ProtocolError, optional, require
 
 if TYPE_CHECKING:
@@ -55,6 +56,13 @@ def _track(room: Room, track_id: str) -> Producer:
     return producer
 
 
+def _recording_state(session: SignalSession, room: Room) -> dict[str, Any]:
+    recordings = session.server.recordings
+    if recordings is None:
+        return {"active": False, "recording": None, "participants": []}
+    return recordings.state(room)
+
+
 def _ok(session: SignalSession, request_id: str | None) -> None:
     session.reply(request_id, {"type": "ok"})
 
@@ -63,8 +71,22 @@ async def on_join(session: SignalSession, message: dict[str, Any], request_id: s
     if session.participant is not None:
         raise ProtocolError("conflict", "already joined")
     server = session.server
-    if server.closing:
-        raise ProtocolError("unauthenticated", "the server is shutting down")
+    if server.draining or server.closing:
+        # The upgrade is refused with 503 while draining; a socket opened just before gets
+        # the draining notice, a `conflict` error and a 1001 close: join another node.
+        session.send({"type": "server.draining", "deadline": server.drain_remaining()})
+        session.reply(
+            request_id,
+            {
+                "type": "error",
+                "code": "conflict",
+                "message": "the server is draining: join another node",
+                "retry_after": server.retry_after_s(),
+            },
+        )
+        server.stats.signal_errors["conflict"] += 1
+        session.close_after_flush(1001)
+        return
     token = message.get("token")
     if not isinstance(token, str):
         raise ProtocolError("unauthenticated", "'join' needs an access token")
@@ -88,6 +110,7 @@ async def on_join(session: SignalSession, message: dict[str, Any], request_id: s
         grants=claims.grants,
         room=room,
         media=server.media,
+        hooks=server.hooks,
     )
     session.room = room
     session.log = participant.log
@@ -100,25 +123,31 @@ async def on_join(session: SignalSession, message: dict[str, Any], request_id: s
             "room": room.describe(),
             "participants": [p.describe() for p in room.participants.values()],
             "tracks": [t.describe() for t in room.tracks.values()],
-            "recording": {"active": False, "recording": None, "participants": []},
-            "ice_servers": [dict(s) for s in server.media.ice_servers],
+            "recording": _recording_state(session, room),
+            "ice_servers": server.ice_servers_for(participant.id),
         },
     )
     room.join(participant)
+    if server.recordings is not None:
+        await server.recordings.participant_joined(room, participant)
 
 
 async def on_publish(
     session: SignalSession, message: dict[str, Any], request_id: str | None
 ) -> None:
-    participant, _ = _joined(session)
+    participant, room = _joined(session)
     _need(participant, "publish")
     sdp = require(message, "sdp", str)
     try:
-        answer, _ = await participant.publisher.negotiate(sdp)
+        answer, added = await participant.publisher.negotiate(sdp)
     except SdpError as exc:
         raise ProtocolError("bad_request", f"publish: {exc}") from None
     tracks = [p.describe() for p in participant.publisher.producers.values()]
     session.reply(request_id, {"type": "published", "sdp": answer, "tracks": tracks})
+    recordings = session.server.recordings
+    if recordings is not None:
+        for producer in added:  # a consented participant's new track joins its recording
+            recordings.producer_added(room, producer)
 
 
 async def on_answer(
@@ -209,6 +238,9 @@ async def on_unsubscribe(
     producers = [_track(room, track_id) for track_id in _track_ids(message)]
     for producer in producers:
         participant.unsubscribed.add(producer.id)
+        consumer = participant.subscriber.consumers.get(producer.id)
+        if consumer is not None:
+            session.server.stats.traffic.retire(consumer)  # /metrics keeps its final counts
         participant.subscriber.drop(producer.id)
     _ok(session, request_id)
 
@@ -266,3 +298,4 @@ HANDLERS: dict[str, Handler] = {
     "leave": on_leave,
     "ping": on_ping,
 }
+HANDLERS.update(CONSENT_HANDLERS)

@@ -146,6 +146,7 @@ class SignalSession:
 
     def _refuse(self, request_id: str | None, exc: ProtocolError) -> None:
         self.send(error_message(exc.code, exc.message, request_id))
+        self.server.stats.signal_errors[exc.code] += 1
         if exc.code == "unauthenticated":
             self.close_after_flush(CLOSE_UNAUTHENTICATED)
             return
@@ -153,6 +154,7 @@ class SignalSession:
         self._errors = [t for t in self._errors if now - t < ERROR_WINDOW_S] + [now]
         if len(self._errors) >= ERRORS_BEFORE_CUTOFF and exc.code != "rate_limited":
             self.send(error_message("rate_limited", "too many bad requests", None))
+            self.server.stats.signal_errors["rate_limited"] += 1
             self.close_after_flush(CLOSE_RATE_LIMITED)
 
     def _rate_limit(self) -> None:
@@ -182,4 +184,6 @@ class SignalSession:
             await self.ws.close(code=self._close_code or 1000)
         if participant is not None and room is not None:
             await room.leave(participant)
+            if self.server.recordings is not None:
+                await self.server.recordings.participant_left(room, participant)
             self.server.rooms.release(room)

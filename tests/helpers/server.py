@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from signaling.access import issue_access_token
 __all__ = ["ServerProcess"]
 
 STARTUP_TIMEOUT_S = 20.0
+_WORKER_LABEL = re.compile(r'(?<=[{,])worker="[^"]*",?')
 
 
 class ServerProcess:
@@ -99,13 +101,14 @@ class ServerProcess:
         )
 
     def metrics(self) -> dict[str, float]:
-        """Prometheus samples as {'name{labels}': value}."""
+        """Prometheus samples as {'name{labels}': value}, without the ``worker`` label."""
         with urllib.request.urlopen(self.http + "/metrics", timeout=5) as response:
             text = response.read().decode()
         samples = {}
         for line in text.splitlines():
             if line and not line.startswith("#"):
                 name, _, value = line.rpartition(" ")
+                name = _WORKER_LABEL.sub("", name).replace(",}", "}").replace("{}", "")
                 samples[name] = float(value)
         return samples
 
@@ -115,12 +118,19 @@ class ServerProcess:
         return [(t / "comm").read_text().strip() for t in task_dir.iterdir()]
 
     def stop(self) -> int:
-        """SIGTERM (graceful), then SIGKILL if it hangs; returns the exit code."""
+        """SIGTERM (drain: exits once no participant is left), a second SIGTERM after 10 s
+        (shut down now), then SIGKILL if it hangs; returns the exit code."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout=15)
+            return self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        # Still draining (participants left behind): a second signal shuts down at once.
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(timeout=5)

@@ -1,0 +1,224 @@
+// @ts-check
+/**
+ * @file The agent console (`/agent`): sign in with an agent (or admin) access token, open a
+ * support session (`POST /v1/sessions`), hand the customer the invite link, join the call and
+ * see who is present. The sign-in token stays in this tab's session storage only.
+ */
+
+import { CallView } from './call-view.js';
+import { byId, h, show } from './dom.js';
+import { peekTokenClaims } from './protocol.js';
+
+const TOKEN_KEY = 'oktorus.agent.token';
+
+/**
+ * @typedef {object} SupportSession
+ * @property {string} room
+ * @property {string} agent_token
+ * @property {string} customer_token
+ * @property {string} join_url
+ * @property {number} expires_in
+ */
+
+const ui = {
+  signIn: byId('sign-in', HTMLElement),
+  signInForm: byId('sign-in-form', HTMLFormElement),
+  tokenInput: byId('agent-token', HTMLTextAreaElement),
+  signInError: byId('sign-in-error', HTMLElement),
+  signedIn: byId('signed-in', HTMLElement),
+  agentName: byId('agent-name', HTMLElement),
+  signOut: byId('sign-out', HTMLButtonElement),
+  workspace: byId('workspace', HTMLElement),
+  openForm: byId('open-form', HTMLFormElement),
+  openButton: byId('open-session', HTMLButtonElement),
+  customerName: byId('customer-name', HTMLInputElement),
+  sessionError: byId('session-error', HTMLElement),
+  session: byId('session', HTMLElement),
+  roomId: byId('room-id', HTMLElement),
+  expires: byId('expires', HTMLTimeElement),
+  inviteLink: byId('invite-link', HTMLInputElement),
+  copyLink: byId('copy-link', HTMLButtonElement),
+  copyStatus: byId('copy-status', HTMLElement),
+  openLink: byId('open-link', HTMLAnchorElement),
+  closeSession: byId('close-session', HTMLButtonElement),
+  people: byId('people', HTMLUListElement),
+  call: byId('call', HTMLElement),
+};
+
+/** @type {CallView | null} */
+let view = null;
+
+/**
+ * Why a token cannot sign in, or null if it looks usable (the server decides for real).
+ * @param {string} token
+ * @returns {string | null}
+ */
+function tokenProblem(token) {
+  const claims = peekTokenClaims(token);
+  if (!claims) return 'That is not an access token. Paste the whole token (three parts separated by dots).';
+  if (typeof claims.exp === 'number' && claims.exp * 1000 <= Date.now())
+    return 'This token has expired. Ask for a new one.';
+  const admin = Array.isArray(claims.grants) && claims.grants.includes('admin');
+  if (claims.role !== 'agent' && !admin)
+    return 'This token is not an agent token (it needs role agent or the admin grant).';
+  return null;
+}
+
+/** @param {string} token */
+function enterConsole(token) {
+  ui.agentName.textContent = peekTokenClaims(token)?.sub ?? 'agent';
+  show(ui.signIn, false);
+  show(ui.signedIn, true);
+  show(ui.workspace, true);
+  ui.openButton.focus();
+}
+
+/** @param {string} [message] */
+async function signOut(message) {
+  await closeSession();
+  sessionStorage.removeItem(TOKEN_KEY);
+  show(ui.workspace, false);
+  show(ui.signedIn, false);
+  show(ui.signIn, true);
+  ui.tokenInput.value = '';
+  ui.signInError.textContent = message ?? '';
+  show(ui.signInError, Boolean(message));
+  ui.tokenInput.focus();
+}
+
+ui.signInForm.addEventListener('submit', (event) => {
+  event.preventDefault();
+  const token = ui.tokenInput.value.trim();
+  const problem = token ? tokenProblem(token) : 'Paste your access token first.';
+  if (problem) {
+    ui.signInError.textContent = problem;
+    show(ui.signInError, true);
+    ui.tokenInput.setAttribute('aria-invalid', 'true');
+    ui.tokenInput.focus();
+    return;
+  }
+  ui.tokenInput.removeAttribute('aria-invalid');
+  show(ui.signInError, false);
+  sessionStorage.setItem(TOKEN_KEY, token);
+  enterConsole(token);
+});
+
+ui.signOut.addEventListener('click', () => void signOut());
+
+/**
+ * `POST /v1/sessions`; throws an Error with the server's message.
+ * @param {string} token
+ * @param {string} customer
+ * @returns {Promise<SupportSession>}
+ */
+async function openSession(token, customer) {
+  const response = await fetch('/v1/sessions', {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify(customer ? { customer } : {}),
+    cache: 'no-store',
+  });
+  /** @type {unknown} */
+  const body = await response.json().catch(() => null);
+  if (!response.ok) {
+    const error = /** @type {{ error?: { code?: string, message?: string } } | null} */ (body)?.error;
+    throw Object.assign(new Error(error?.message ?? `HTTP ${response.status}`), { status: response.status });
+  }
+  return /** @type {SupportSession} */ (body);
+}
+
+ui.openForm.addEventListener('submit', (event) => {
+  event.preventDefault();
+  void (async () => {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (!token) return signOut('Please sign in again.');
+    ui.openButton.disabled = true;
+    show(ui.sessionError, false);
+    try {
+      await closeSession();
+      const session = await openSession(token, ui.customerName.value.trim());
+      showSession(session);
+    } catch (error) {
+      const status = /** @type {{ status?: number }} */ (error).status;
+      const message = error instanceof Error ? error.message : String(error);
+      if (status === 401) return signOut(`Your sign-in was refused (${message}). Sign in again.`);
+      ui.sessionError.textContent =
+        status === 403
+          ? `You may not open sessions with this token: ${message}`
+          : `The session could not be opened: ${message}`;
+      show(ui.sessionError, true);
+    } finally {
+      ui.openButton.disabled = false;
+    }
+    return undefined;
+  })();
+});
+
+/** @param {SupportSession} session */
+function showSession(session) {
+  ui.roomId.textContent = session.room;
+  const expires = new Date(Date.now() + session.expires_in * 1000);
+  ui.expires.dateTime = expires.toISOString();
+  ui.expires.textContent = expires.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  ui.inviteLink.value = session.join_url;
+  ui.openLink.href = session.join_url;
+  ui.copyStatus.textContent = '';
+  show(ui.session, true);
+  view = new CallView(ui.call, {
+    token: session.agent_token,
+    joinLabel: 'Join the call',
+    onPeople: renderPeople,
+    headingLevel: 3,
+  });
+  void view.start();
+  ui.copyLink.focus();
+}
+
+async function closeSession() {
+  if (view) await view.leave();
+  view = null;
+  show(ui.session, false);
+  ui.inviteLink.value = '';
+  ui.openLink.href = '#';
+  ui.call.replaceChildren(h('p', { class: 'hint', text: 'Open a support session to start a call.' }));
+  renderPeople([]);
+}
+
+ui.closeSession.addEventListener('click', () => void closeSession().then(() => ui.openButton.focus()));
+
+ui.copyLink.addEventListener('click', () => {
+  void (async () => {
+    const link = ui.inviteLink.value;
+    try {
+      await navigator.clipboard.writeText(link);
+    } catch {
+      ui.inviteLink.select(); // the person can press Ctrl+C / Cmd+C
+      ui.copyStatus.textContent = 'Select the link and copy it (Ctrl+C or ⌘C).';
+      return;
+    }
+    ui.copyStatus.textContent = 'Invite link copied. Send it to the customer.';
+  })();
+});
+
+/** @param {import('./call-view.js').Person[]} people */
+function renderPeople(people) {
+  if (people.length === 0) {
+    ui.people.replaceChildren(h('li', { class: 'hint', text: 'Join the call to see who is present.' }));
+    return;
+  }
+  ui.people.replaceChildren(
+    ...people.map((p) =>
+      h(
+        'li',
+        {},
+        h('span', { class: 'name', text: p.self ? `${p.identity} (you)` : p.identity }),
+        ' ',
+        h('span', { class: 'role', text: p.role }),
+      ),
+    ),
+  );
+}
+
+const saved = sessionStorage.getItem(TOKEN_KEY);
+if (saved && !tokenProblem(saved)) enterConsole(saved);
+else if (saved) void signOut(tokenProblem(saved) ?? undefined);

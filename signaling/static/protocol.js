@@ -1,0 +1,1151 @@
+// @ts-check
+/**
+ * @file A browser client for the Oktorus SFU signalling protocol v1 — no UI, no dependencies.
+ *
+ * The contract is docs/protocol.md: one WebSocket (`/v1/signal`), JSON messages, a `join` with an
+ * access token, then two peer connections per participant: the *publish* PC (the client offers,
+ * the server answers) and the *subscribe* PC (the server offers, the client answers), with ICE
+ * candidates trickled both ways.
+ *
+ * ```js
+ * import { SfuConnection, signalUrl } from '/static/protocol.js';
+ * const sfu = new SfuConnection(signalUrl(location), token);
+ * sfu.on('remotetrack', ({ trackId, mediaTrack, info }) => show(info?.participant, mediaTrack));
+ * sfu.on('state', ({ state, error }) => console.log(state, error?.code));
+ * const joined = await sfu.connect();               // throws a ProtocolError when refused
+ * await sfu.publish(stream.getTracks(), stream);    // offer → `published`
+ * await sfu.setMuted(stream.getAudioTracks()[0], true);
+ * await sfu.leave();
+ * ```
+ *
+ * Reconnection: when the socket drops (or a peer connection's ICE fails) the connection re-joins
+ * with the same token on a new socket, with exponential back-off, and re-publishes the same
+ * local tracks (and their mute state) on fresh peer connections; the server gives the rejoined
+ * client a new participant id and removes the old one when its socket closes. ICE restart in
+ * place (keeping the participant and its peer connections) needs server support that comes later.
+ *
+ * Events (see {@link ConnectionEvents}); listen with `sfu.on(type, fn)`, which returns an
+ * unsubscribe function, or with `addEventListener` (the detail is `CustomEvent.detail`).
+ */
+
+export const PROTOCOL_VERSION = 1;
+export const CLOSE_NORMAL = 1000;
+export const CLOSE_UNAUTHENTICATED = 4401;
+export const CLOSE_RATE_LIMITED = 4429;
+/** Close code this client uses when it gives a socket up (keep-alive or ICE failure). */
+export const CLOSE_CLIENT_GAVE_UP = 4000;
+/** Socket close codes after which re-joining cannot help. */
+const TERMINAL_CLOSE_CODES = new Set([CLOSE_UNAUTHENTICATED, CLOSE_RATE_LIMITED, 1008]);
+/** Error codes after which re-joining cannot help. */
+const TERMINAL_ERROR_CODES = new Set(['unauthenticated', 'forbidden', 'not_found', 'rate_limited']);
+const MAX_REDIRECTS = 3;
+
+/** @typedef {'publish' | 'subscribe'} PcName */
+/** @typedef {'idle' | 'connecting' | 'joined' | 'reconnecting' | 'closed'} ConnectionState */
+
+/**
+ * A participant as the server describes it.
+ * @typedef {object} ParticipantInfo
+ * @property {string} id
+ * @property {string} identity
+ * @property {string} role
+ */
+
+/**
+ * A published track as the server describes it (`mid` only if the server sends it).
+ * @typedef {object} TrackInfo
+ * @property {string} id
+ * @property {'audio' | 'video'} kind
+ * @property {string} participant
+ * @property {boolean} muted
+ * @property {string} [mid]
+ */
+
+/**
+ * @typedef {object} RecordingState
+ * @property {boolean} active
+ * @property {string | null} recording
+ * @property {Array<{ id: string, scope: string[] }>} participants
+ */
+
+/**
+ * The reply to `join`.
+ * @typedef {object} JoinedInfo
+ * @property {ParticipantInfo} participant
+ * @property {{ id: string }} room
+ * @property {ParticipantInfo[]} participants
+ * @property {TrackInfo[]} tracks
+ * @property {RecordingState} recording
+ * @property {RTCIceServer[]} ice_servers
+ */
+
+/** @typedef {{ type: string, id?: string, [field: string]: unknown }} Message */
+
+/**
+ * @typedef {object} TrackSettings
+ * @property {'low' | 'medium' | 'high'} [quality]
+ * @property {number} [width]
+ * @property {number} [height]
+ * @property {boolean} [paused]
+ */
+
+/**
+ * @typedef {object} ConnectionOptions
+ * @property {boolean} [reconnect] re-join automatically after a drop (default true)
+ * @property {number} [requestTimeoutMs] timeout of one request (default 10000)
+ * @property {number} [pingIntervalMs] keep-alive `ping` period (default 15000)
+ * @property {number} [reconnectDelayMs] first back-off delay (default 500)
+ * @property {number} [maxReconnectDelayMs] largest back-off delay (default 5000)
+ * @property {number} [giveUpAfterMs] stop re-joining after this long (default 120000)
+ * @property {number} [iceDisconnectedMs] an ICE `disconnected` this long counts as failed (default 8000)
+ * @property {(url: string) => WebSocket} [createSocket] for tests
+ */
+
+/**
+ * What a `state` event carries.
+ * @typedef {object} StateDetail
+ * @property {ConnectionState} state
+ * @property {ProtocolError} [error] why the connection closed or is reconnecting
+ * @property {number} [attempt] re-join attempt (while reconnecting)
+ * @property {number} [delayMs] wait before that attempt
+ */
+
+/**
+ * A remote track started arriving (or a subscribe m-line now carries another track).
+ * @typedef {object} RemoteTrackDetail
+ * @property {string} trackId
+ * @property {string} mid
+ * @property {MediaStreamTrack} mediaTrack
+ * @property {TrackInfo | undefined} info
+ */
+
+/**
+ * Events of {@link SfuConnection} and their details.
+ * @typedef {{
+ *   'state': StateDetail,
+ *   'joined': { joined: JoinedInfo, rejoin: boolean },
+ *   'published': { tracks: TrackInfo[] },
+ *   'remotetrack': RemoteTrackDetail,
+ *   'remotetrackended': { trackId: string, mid: string },
+ *   'participant.joined': { participant: ParticipantInfo },
+ *   'participant.left': { participant: ParticipantInfo },
+ *   'track.published': { track: TrackInfo },
+ *   'track.unpublished': { track: TrackInfo },
+ *   'track.updated': { track: TrackInfo },
+ *   'speaker.changed': { speakers: string[] },
+ *   'recording.state': RecordingState,
+ *   'consent.request': Message,
+ *   'server.draining': { deadline: number },
+ *   'pcstate': { pc: PcName, state: RTCPeerConnectionState },
+ *   'error': { error: ProtocolError },
+ * }} ConnectionEvents
+ */
+
+/** A refusal or failure, with one of protocol v1's error codes (or a client-side one). */
+export class ProtocolError extends Error {
+  /**
+   * @param {string} code `bad_request`, `unauthenticated`, … or client-side: `timeout`,
+   *   `closed`, `unreachable`, `negotiation_failed`
+   * @param {string} message
+   */
+  constructor(code, message) {
+    super(message);
+    this.name = 'ProtocolError';
+    /** @readonly */
+    this.code = code;
+  }
+}
+
+/**
+ * The signalling URL of the server that served `location` (`ws:` or `wss:`).
+ * @param {{ protocol: string, host: string }} location
+ * @returns {string}
+ */
+export function signalUrl(location) {
+  return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/signal`;
+}
+
+/**
+ * The claims of a JWT, decoded WITHOUT verification (for display and early expiry checks only;
+ * the server is the authority). Null if it does not look like a JWT.
+ * @param {string} token
+ * @returns {{ exp?: number, sub?: string, room?: string, role?: string, grants?: string[] } | null}
+ */
+export function peekTokenClaims(token) {
+  const part = token.split('.')[1];
+  if (!part) return null;
+  try {
+    const base64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const json = atob(base64 + '='.repeat((4 - (base64.length % 4)) % 4));
+    const claims = JSON.parse(json);
+    return claims && typeof claims === 'object' && !Array.isArray(claims) ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * `{mid: track id}` from `a=mid` + `a=msid:<participant> <track>` lines of a server offer
+ * (the fallback when the offer has no `tracks` field). Inactive m-lines carry no track.
+ * @param {string} sdp
+ * @returns {Record<string, string>}
+ */
+export function tracksFromSdp(sdp) {
+  /** @type {Record<string, string>} */
+  const tracks = {};
+  for (const section of sdp.split(/\r?\nm=/).slice(1)) {
+    const mid = /^a=mid:(\S+)/m.exec(section)?.[1];
+    const msid = /^a=msid:\S+ (\S+)/m.exec(section)?.[1];
+    const inactive = /^a=inactive\b/m.test(section) || /^\S+ 0 /.test(section);
+    if (mid && msid && !inactive) tracks[mid] = msid;
+  }
+  return tracks;
+}
+
+/**
+ * @param {unknown} value
+ * @returns {value is Record<string, unknown>}
+ */
+function isObject(value) {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/**
+ * @param {unknown} value
+ * @returns {value is TrackInfo}
+ */
+function isTrack(value) {
+  return (
+    isObject(value) &&
+    typeof value.id === 'string' &&
+    (value.kind === 'audio' || value.kind === 'video') &&
+    typeof value.participant === 'string'
+  );
+}
+
+/**
+ * @param {unknown} value
+ * @returns {value is ParticipantInfo}
+ */
+function isParticipant(value) {
+  return isObject(value) && typeof value.id === 'string' && typeof value.identity === 'string';
+}
+
+/**
+ * One WebSocket speaking protocol v1: JSON framing, requests matched to replies by `id`.
+ *
+ * Events: `message` (CustomEvent<Message>: everything that is not the reply to a pending
+ * request) and `close` (CustomEvent<{code: number, reason: string}>, exactly once).
+ */
+export class SignalSocket extends EventTarget {
+  /**
+   * @param {string} url
+   * @param {(url: string) => WebSocket} [createSocket]
+   */
+  constructor(url, createSocket) {
+    super();
+    this.url = url;
+    /** The underlying socket (exposed for diagnostics and tests). @type {WebSocket} */
+    this.ws = createSocket ? createSocket(url) : new WebSocket(url);
+    /** @type {Map<string, { resolve: (m: Message) => void, reject: (e: ProtocolError) => void, timer: ReturnType<typeof setTimeout> }>} */
+    this.pending = new Map();
+    this.closed = false;
+    this.sequence = 0;
+    this.ws.addEventListener('message', (event) => this.#onMessage(event));
+    this.ws.addEventListener('close', (event) => this.#finish(event.code, event.reason));
+  }
+
+  /**
+   * Resolves once the socket is open.
+   * @param {number} timeoutMs
+   * @returns {Promise<void>}
+   */
+  opened(timeoutMs) {
+    if (this.ws.readyState === WebSocket.OPEN) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.abandon('connect timeout');
+        reject(new ProtocolError('unreachable', 'the signalling server did not answer in time'));
+      }, timeoutMs);
+      this.ws.addEventListener('open', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      this.addEventListener('close', () => {
+        clearTimeout(timer);
+        reject(new ProtocolError('unreachable', 'could not reach the signalling server'));
+      });
+    });
+  }
+
+  /**
+   * Send one message (no reply expected).
+   * @param {Message} message
+   */
+  send(message) {
+    if (this.closed || this.ws.readyState !== WebSocket.OPEN) {
+      throw new ProtocolError('closed', 'the signalling connection is closed');
+    }
+    this.ws.send(JSON.stringify(message));
+  }
+
+  /** A fresh request id with a prefix. @param {string} prefix */
+  nextId(prefix = 'r') {
+    this.sequence += 1;
+    return `${prefix}${this.sequence}`;
+  }
+
+  /**
+   * Send a request and wait for its reply (or its `error`, which rejects).
+   * @param {Message} message
+   * @param {number} timeoutMs
+   * @returns {Promise<Message>}
+   */
+  request(message, timeoutMs) {
+    const id = this.nextId();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new ProtocolError('timeout', `no reply to '${message.type}' in time`));
+      }, timeoutMs);
+      this.pending.set(id, { resolve, reject, timer });
+      try {
+        this.send({ ...message, id });
+      } catch (error) {
+        clearTimeout(timer);
+        this.pending.delete(id);
+        reject(error);
+      }
+    });
+  }
+
+  /**
+   * Give the socket up now, without waiting for the closing handshake (a dead network can
+   * hold that for minutes); `close` fires at once with `code`.
+   * @param {string} reason
+   * @param {number} [code]
+   */
+  abandon(reason, code = CLOSE_CLIENT_GAVE_UP) {
+    try {
+      this.ws.close(code, reason.slice(0, 100));
+    } catch {
+      // already closing
+    }
+    this.#finish(code, reason);
+  }
+
+  /** @param {MessageEvent} event */
+  #onMessage(event) {
+    if (this.closed || typeof event.data !== 'string') return;
+    /** @type {unknown} */
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch {
+      return; // the server only sends JSON; ignore anything else
+    }
+    if (!isObject(message) || typeof message.type !== 'string') return;
+    const typed = /** @type {Message} */ (message);
+    const pending = typeof typed.id === 'string' ? this.pending.get(typed.id) : undefined;
+    if (pending && typed.id !== undefined) {
+      this.pending.delete(typed.id);
+      clearTimeout(pending.timer);
+      if (typed.type === 'error') {
+        pending.reject(new ProtocolError(String(typed.code ?? 'internal'), String(typed.message ?? 'error')));
+      } else {
+        pending.resolve(typed);
+      }
+      return;
+    }
+    this.dispatchEvent(new CustomEvent('message', { detail: typed }));
+  }
+
+  /**
+   * @param {number} code
+   * @param {string} reason
+   */
+  #finish(code, reason) {
+    if (this.closed) return;
+    this.closed = true;
+    for (const [id, pending] of this.pending) {
+      clearTimeout(pending.timer);
+      pending.reject(new ProtocolError('closed', `the connection closed (${code}) before '${id}'`));
+    }
+    this.pending.clear();
+    this.dispatchEvent(new CustomEvent('close', { detail: { code, reason } }));
+  }
+}
+
+/**
+ * A participant's connection to the SFU: signalling, publish and subscribe peer connections,
+ * automatic re-join. See the module comment for an example.
+ */
+export class SfuConnection extends EventTarget {
+  /** @type {Required<Omit<ConnectionOptions, 'createSocket'>> & { createSocket: ((url: string) => WebSocket) | undefined }} */
+  options;
+  /** @type {ConnectionState} */
+  state = 'idle';
+  /** The current signalling socket (null between sockets). @type {SignalSocket | null} */
+  socket = null;
+  /** @type {RTCPeerConnection | null} */
+  publishPc = null;
+  /** @type {RTCPeerConnection | null} */
+  subscribePc = null;
+  /** The last `joined` reply. @type {JoinedInfo | null} */
+  joined = null;
+  /** Other participants now in the room, by id. @type {Map<string, ParticipantInfo>} */
+  participants = new Map();
+  /** Every track now in the room (ours included), by id. @type {Map<string, TrackInfo>} */
+  tracks = new Map();
+  /** Remote tracks being received: track id → MediaStreamTrack. @type {Map<string, MediaStreamTrack>} */
+  remoteTracks = new Map();
+
+  /** @type {Array<{ track: MediaStreamTrack | null, kind: string }>} */
+  #local = [];
+  /** @type {MediaStream | null} */
+  #localStream = null;
+  /** @type {Map<MediaStreamTrack, RTCRtpTransceiver>} */
+  #senders = new Map();
+  /** Server track id of each published local track. @type {Map<MediaStreamTrack, string>} */
+  #publishedIds = new Map();
+  /** @type {Map<MediaStreamTrack, boolean>} */
+  #muted = new Map();
+  /** subscribe m-line → track id it carries now. @type {Map<string, string>} */
+  #midTracks = new Map();
+  #url;
+  #token;
+  #leaving = false;
+  #redirects = 0;
+  #attempt = 0;
+  /** @type {number | null} */
+  #droppedAt = null;
+  /** @type {ReturnType<typeof setTimeout> | null} */
+  #reconnectTimer = null;
+  /** @type {ReturnType<typeof setInterval> | null} */
+  #pingTimer = null;
+  /** @type {Promise<unknown>} */
+  #publishChain = Promise.resolve();
+  /** @type {Promise<unknown>} */
+  #subscribeChain = Promise.resolve();
+  /** Candidates held until the server has the PC they belong to. */
+  #held = {
+    publish: /** @type {Array<RTCIceCandidateInit | null>} */ ([]),
+    subscribe: /** @type {Array<RTCIceCandidateInit | null>} */ ([]),
+  };
+  #canTrickle = { publish: false, subscribe: false };
+  /** @type {Record<PcName, ReturnType<typeof setTimeout> | null>} */
+  #iceTimers = { publish: null, subscribe: null };
+
+  /**
+   * @param {string} url the signalling URL (`ws(s)://host/v1/signal`); see {@link signalUrl}
+   * @param {string} token an access token for one room
+   * @param {ConnectionOptions} [options]
+   */
+  constructor(url, token, options = {}) {
+    super();
+    this.#url = url;
+    this.#token = token;
+    this.options = {
+      reconnect: options.reconnect ?? true,
+      requestTimeoutMs: options.requestTimeoutMs ?? 10000,
+      pingIntervalMs: options.pingIntervalMs ?? 15000,
+      reconnectDelayMs: options.reconnectDelayMs ?? 500,
+      maxReconnectDelayMs: options.maxReconnectDelayMs ?? 5000,
+      giveUpAfterMs: options.giveUpAfterMs ?? 120000,
+      iceDisconnectedMs: options.iceDisconnectedMs ?? 8000,
+      createSocket: options.createSocket,
+    };
+  }
+
+  /** Our participant (changes on every re-join). */
+  get participant() {
+    return this.joined?.participant ?? null;
+  }
+
+  /**
+   * Listen to one event type; returns a function that removes the listener.
+   * @template {keyof ConnectionEvents} K
+   * @param {K} type
+   * @param {(detail: ConnectionEvents[K]) => void} listener
+   * @returns {() => void}
+   */
+  on(type, listener) {
+    /** @param {Event} event */
+    const wrapped = (event) => listener(/** @type {CustomEvent<ConnectionEvents[K]>} */ (event).detail);
+    this.addEventListener(type, wrapped);
+    return () => this.removeEventListener(type, wrapped);
+  }
+
+  /**
+   * @template {keyof ConnectionEvents} K
+   * @param {K} type
+   * @param {ConnectionEvents[K]} detail
+   */
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  /**
+   * @param {ConnectionState} state
+   * @param {Omit<StateDetail, 'state'>} [extra]
+   */
+  #setState(state, extra = {}) {
+    this.state = state;
+    this.#emit('state', { state, ...extra });
+  }
+
+  /**
+   * Open the socket and join (the first time). Rejects with a ProtocolError when refused or
+   * unreachable; after that, drops are handled by re-joining (see `state` events).
+   * @returns {Promise<JoinedInfo>}
+   */
+  async connect() {
+    if (this.state !== 'idle') throw new ProtocolError('conflict', 'connect() was already called');
+    this.#setState('connecting');
+    try {
+      const joined = await this.#join(false);
+      return joined;
+    } catch (error) {
+      const failure = asProtocolError(error);
+      this.#shutdown();
+      const socket = this.socket;
+      this.socket = null;
+      socket?.abandon('join failed', CLOSE_NORMAL);
+      this.#setState('closed', { error: failure });
+      throw failure;
+    }
+  }
+
+  /**
+   * Publish these local tracks (replacing what was published before): tracks no longer listed
+   * stop being sent, new ones get an m-line. Resolves with the server's track list.
+   * @param {MediaStreamTrack[]} tracks
+   * @param {MediaStream} [stream] the stream they belong to (kept in `a=msid`)
+   * @returns {Promise<TrackInfo[]>}
+   */
+  publish(tracks, stream) {
+    this.#localStream = stream ?? this.#localStream ?? new MediaStream();
+    const keep = new Set(tracks);
+    for (const slot of this.#local) {
+      if (slot.track && !keep.has(slot.track)) slot.track = null;
+    }
+    for (const track of tracks) {
+      if (this.#local.some((slot) => slot.track === track)) continue;
+      const free = this.#local.find((slot) => slot.track === null && slot.kind === track.kind);
+      if (free) free.track = track;
+      else this.#local.push({ track, kind: track.kind });
+    }
+    return this.#queuePublish();
+  }
+
+  /**
+   * Send `newTrack` instead of `oldTrack` without renegotiating (e.g. another camera).
+   * @param {MediaStreamTrack} oldTrack
+   * @param {MediaStreamTrack} newTrack
+   */
+  async replaceTrack(oldTrack, newTrack) {
+    const slot = this.#local.find((s) => s.track === oldTrack);
+    if (!slot) throw new ProtocolError('not_found', 'that track is not published');
+    slot.track = newTrack;
+    this.#muted.set(newTrack, this.#muted.get(oldTrack) ?? false);
+    const id = this.#publishedIds.get(oldTrack);
+    if (id) this.#publishedIds.set(newTrack, id);
+    const transceiver = this.#senders.get(oldTrack);
+    if (transceiver) {
+      this.#senders.delete(oldTrack);
+      this.#senders.set(newTrack, transceiver);
+      await transceiver.sender.replaceTrack(newTrack);
+    }
+  }
+
+  /**
+   * The server id of a published local track (undefined until `published`).
+   * @param {MediaStreamTrack} track
+   */
+  trackId(track) {
+    return this.#publishedIds.get(track);
+  }
+
+  /**
+   * Mute or unmute a published local track: the track is disabled locally (it keeps sending
+   * silence / black frames, so the server does not time it out) and the server stops
+   * forwarding it and tells everyone (`track.updated`). Remembered across re-joins.
+   * @param {MediaStreamTrack} track
+   * @param {boolean} muted
+   */
+  async setMuted(track, muted) {
+    this.#muted.set(track, muted);
+    track.enabled = !muted;
+    const id = this.#publishedIds.get(track);
+    if (id && this.state === 'joined') await this.request({ type: 'mute', track: id, muted });
+  }
+
+  /**
+   * Change what this subscriber receives of a remote track.
+   * @param {string} trackId
+   * @param {TrackSettings} settings
+   */
+  async setTrackSettings(trackId, settings) {
+    await this.request({ type: 'track.settings', track: trackId, ...settings });
+  }
+
+  /** @param {string[]} trackIds */
+  async subscribe(trackIds) {
+    await this.request({ type: 'subscribe', tracks: trackIds });
+  }
+
+  /** @param {string[]} trackIds */
+  async unsubscribe(trackIds) {
+    await this.request({ type: 'unsubscribe', tracks: trackIds });
+  }
+
+  /**
+   * Send a request on the current socket and wait for its reply.
+   * @param {Message} message
+   * @returns {Promise<Message>}
+   */
+  request(message) {
+    if (!this.socket || this.state !== 'joined') {
+      return Promise.reject(new ProtocolError('closed', 'not connected'));
+    }
+    return this.socket.request(message, this.options.requestTimeoutMs);
+  }
+
+  /** Re-join now if waiting to (e.g. the browser just came back online). */
+  reconnectNow() {
+    if (this.state !== 'reconnecting' || !this.#reconnectTimer) return;
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = null;
+    void this.#reconnect();
+  }
+
+  /** Drop the socket and re-join (what a network blip does); for diagnostics and tests. */
+  dropConnection() {
+    this.socket?.abandon('dropped on request');
+  }
+
+  /** Leave the room: `leave`, then close everything. Local tracks are not stopped. */
+  async leave() {
+    this.#leaving = true;
+    const socket = this.socket;
+    if (socket && !socket.closed && this.state === 'joined') {
+      try {
+        socket.send({ type: 'leave' });
+      } catch {
+        // closing anyway
+      }
+    }
+    this.#shutdown();
+    if (socket && !socket.closed) socket.abandon('left', CLOSE_NORMAL);
+    this.#setState('closed');
+  }
+
+  /** Close without `leave` (the server notices the closed socket). */
+  close() {
+    this.#leaving = true;
+    this.#shutdown();
+    this.socket?.abandon('closed', CLOSE_NORMAL);
+    if (this.state !== 'closed') this.#setState('closed');
+  }
+
+  // --- joining and re-joining -----------------------------------------------------------
+
+  /**
+   * @param {boolean} rejoin
+   * @returns {Promise<JoinedInfo>}
+   */
+  async #join(rejoin) {
+    let url = this.#url;
+    for (;;) {
+      const socket = new SignalSocket(url, this.options.createSocket);
+      this.socket = socket;
+      socket.addEventListener('message', (event) => {
+        if (this.socket === socket) this.#onMessage(/** @type {CustomEvent<Message>} */ (event).detail);
+      });
+      socket.addEventListener('close', (event) => {
+        const { code, reason } = /** @type {CustomEvent<{code: number, reason: string}>} */ (event).detail;
+        if (this.socket === socket) this.#onSocketClose(code, reason);
+      });
+      await socket.opened(this.options.requestTimeoutMs);
+      const reply = await socket.request({ type: 'join', token: this.#token }, this.options.requestTimeoutMs);
+      if (reply.type === 'redirect' && typeof reply.url === 'string' && /^wss?:\/\//.test(reply.url)) {
+        this.#redirects += 1;
+        if (this.#redirects > MAX_REDIRECTS) throw new ProtocolError('unreachable', 'too many redirects');
+        this.socket = null;
+        socket.abandon('redirected', CLOSE_NORMAL);
+        url = reply.url;
+        continue;
+      }
+      if (reply.type !== 'joined')
+        throw new ProtocolError('internal', `unexpected reply '${reply.type}' to join`);
+      this.#redirects = 0;
+      this.#url = url;
+      return this.#onJoined(/** @type {JoinedInfo} */ (/** @type {unknown} */ (reply)), rejoin);
+    }
+  }
+
+  /**
+   * @param {JoinedInfo} joined
+   * @param {boolean} rejoin
+   * @returns {JoinedInfo}
+   */
+  #onJoined(joined, rejoin) {
+    this.joined = joined;
+    this.participants = new Map(
+      (Array.isArray(joined.participants) ? joined.participants : [])
+        .filter(isParticipant)
+        .map((p) => [p.id, p]),
+    );
+    this.tracks = new Map(
+      (Array.isArray(joined.tracks) ? joined.tracks : []).filter(isTrack).map((t) => [t.id, t]),
+    );
+    this.#attempt = 0;
+    this.#droppedAt = null;
+    this.#setState('joined');
+    this.#startPing();
+    this.#emit('joined', { joined, rejoin });
+    return joined;
+  }
+
+  /**
+   * @param {number} code
+   * @param {string} reason
+   */
+  #onSocketClose(code, reason) {
+    this.socket = null;
+    this.#stopPing();
+    if (this.#leaving || this.state === 'closed' || this.state === 'connecting') return;
+    this.#teardownMedia();
+    const error = new ProtocolError(
+      code === CLOSE_UNAUTHENTICATED
+        ? 'unauthenticated'
+        : code === CLOSE_RATE_LIMITED
+          ? 'rate_limited'
+          : 'closed',
+      reason || `the signalling connection closed (${code})`,
+    );
+    if (!this.options.reconnect || TERMINAL_CLOSE_CODES.has(code)) {
+      this.#shutdown();
+      this.#setState('closed', { error });
+      return;
+    }
+    this.#droppedAt ??= Date.now();
+    this.#scheduleReconnect(error);
+  }
+
+  /** @param {ProtocolError} error */
+  #scheduleReconnect(error) {
+    if (this.#reconnectTimer) return;
+    const elapsed = Date.now() - (this.#droppedAt ?? Date.now());
+    if (elapsed > this.options.giveUpAfterMs) {
+      this.#shutdown();
+      this.#setState('closed', {
+        error: new ProtocolError('unreachable', `gave up re-joining: ${error.message}`),
+      });
+      return;
+    }
+    const base = Math.min(
+      this.options.maxReconnectDelayMs,
+      this.options.reconnectDelayMs * 2 ** this.#attempt,
+    );
+    const delayMs = Math.round(base * (0.75 + Math.random() * 0.5));
+    this.#attempt += 1;
+    this.#setState('reconnecting', { error, attempt: this.#attempt, delayMs });
+    this.#reconnectTimer = setTimeout(() => {
+      this.#reconnectTimer = null;
+      void this.#reconnect();
+    }, delayMs);
+  }
+
+  async #reconnect() {
+    if (this.#leaving || this.state !== 'reconnecting') return;
+    try {
+      await this.#join(true);
+    } catch (error) {
+      const failure = asProtocolError(error);
+      if (this.#leaving) return;
+      if (TERMINAL_ERROR_CODES.has(failure.code)) {
+        this.#shutdown();
+        this.#setState('closed', { error: failure });
+        return;
+      }
+      const socket = this.socket;
+      this.socket = null;
+      socket?.abandon('re-join failed');
+      this.#scheduleReconnect(failure);
+      return;
+    }
+    if (this.#local.some((slot) => slot.track)) {
+      try {
+        await this.#queuePublish();
+      } catch (error) {
+        this.#emit('error', { error: asProtocolError(error) });
+      }
+    }
+  }
+
+  /** Give up the socket and re-join (ICE failure, no pong). @param {string} reason */
+  #forceReconnect(reason) {
+    if (this.state !== 'joined' || !this.socket) return;
+    this.socket.abandon(reason);
+  }
+
+  #startPing() {
+    this.#stopPing();
+    this.#pingTimer = setInterval(() => {
+      const socket = this.socket;
+      if (!socket || this.state !== 'joined') return;
+      socket.request({ type: 'ping' }, this.options.pingIntervalMs).catch((error) => {
+        if (this.socket === socket && asProtocolError(error).code === 'timeout') socket.abandon('no pong');
+      });
+    }, this.options.pingIntervalMs);
+  }
+
+  #stopPing() {
+    if (this.#pingTimer) clearInterval(this.#pingTimer);
+    this.#pingTimer = null;
+  }
+
+  /** Close both peer connections and forget remote tracks (before a re-join or for good). */
+  #teardownMedia() {
+    for (const [mid, trackId] of this.#midTracks) this.#emit('remotetrackended', { trackId, mid });
+    this.#midTracks.clear();
+    this.remoteTracks.clear();
+    for (const name of /** @type {PcName[]} */ (['publish', 'subscribe'])) {
+      const timer = this.#iceTimers[name];
+      if (timer) clearTimeout(timer);
+      this.#iceTimers[name] = null;
+      this.#held[name] = [];
+      this.#canTrickle[name] = false;
+    }
+    this.publishPc?.close();
+    this.subscribePc?.close();
+    this.publishPc = null;
+    this.subscribePc = null;
+    this.#senders.clear();
+    this.#publishedIds.clear();
+    this.#publishChain = Promise.resolve();
+    this.#subscribeChain = Promise.resolve();
+  }
+
+  #shutdown() {
+    if (this.#reconnectTimer) clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = null;
+    this.#stopPing();
+    this.#teardownMedia();
+  }
+
+  // --- incoming messages --------------------------------------------------------------
+
+  /** @param {Message} message */
+  #onMessage(message) {
+    switch (message.type) {
+      case 'offer':
+        this.#queueOffer(message);
+        return;
+      case 'candidate':
+        this.#onRemoteCandidate(message);
+        return;
+      case 'participant.joined':
+      case 'participant.left': {
+        const participant = message.participant;
+        if (!isParticipant(participant)) return;
+        if (message.type === 'participant.joined') {
+          if (participant.id !== this.participant?.id) this.participants.set(participant.id, participant);
+        } else {
+          this.participants.delete(participant.id);
+        }
+        this.#emit(message.type, { participant });
+        return;
+      }
+      case 'track.published':
+      case 'track.updated':
+      case 'track.unpublished': {
+        const track = message.track;
+        if (!isTrack(track)) return;
+        if (message.type === 'track.unpublished') this.tracks.delete(track.id);
+        else this.tracks.set(track.id, track);
+        this.#emit(message.type, { track });
+        return;
+      }
+      case 'speaker.changed':
+        if (Array.isArray(message.speakers)) {
+          this.#emit('speaker.changed', { speakers: message.speakers.filter((s) => typeof s === 'string') });
+        }
+        return;
+      case 'recording.state':
+        this.#emit('recording.state', /** @type {RecordingState} */ (/** @type {unknown} */ (message)));
+        return;
+      case 'consent.request':
+        this.#emit('consent.request', message);
+        return;
+      case 'server.draining': {
+        // The call goes on until the server closes the socket (1001 at the deadline); then the
+        // usual re-join finds another node behind the same URL. Leaving earlier would only
+        // cut a working call short when this is the only node.
+        const deadline = typeof message.deadline === 'number' ? message.deadline : 0;
+        this.#emit('server.draining', { deadline });
+        return;
+      }
+      case 'error': {
+        const error = new ProtocolError(
+          String(message.code ?? 'internal'),
+          String(message.message ?? 'error'),
+        );
+        if (typeof message.id === 'string' && message.id.startsWith('c')) {
+          console.debug('oktorus: candidate refused', error.message);
+          return;
+        }
+        this.#emit('error', { error });
+        return;
+      }
+      default:
+        return; // the server may add message types; ignore what we do not know
+    }
+  }
+
+  // --- peer connections ------------------------------------------------------------------
+
+  /**
+   * @param {PcName} name
+   * @returns {RTCPeerConnection}
+   */
+  #newPc(name) {
+    const pc = new RTCPeerConnection({
+      iceServers: this.joined?.ice_servers ?? [],
+      bundlePolicy: 'max-bundle',
+      rtcpMuxPolicy: 'require',
+    });
+    pc.addEventListener('icecandidate', (event) => {
+      const candidate =
+        event.candidate && event.candidate.candidate
+          ? {
+              candidate: event.candidate.candidate,
+              sdpMid: event.candidate.sdpMid,
+              sdpMLineIndex: event.candidate.sdpMLineIndex,
+            }
+          : null;
+      if (this.#canTrickle[name]) this.#sendCandidate(name, candidate);
+      else this.#held[name].push(candidate);
+    });
+    pc.addEventListener('connectionstatechange', () => {
+      const current = name === 'publish' ? this.publishPc : this.subscribePc;
+      if (current !== pc) return;
+      this.#emit('pcstate', { pc: name, state: pc.connectionState });
+      const timer = this.#iceTimers[name];
+      if (timer) clearTimeout(timer);
+      this.#iceTimers[name] = null;
+      if (pc.connectionState === 'failed') {
+        this.#forceReconnect(`${name} ICE failed`);
+      } else if (pc.connectionState === 'disconnected') {
+        this.#iceTimers[name] = setTimeout(
+          () => this.#forceReconnect(`${name} ICE disconnected`),
+          this.options.iceDisconnectedMs,
+        );
+      }
+    });
+    return pc;
+  }
+
+  /**
+   * @param {PcName} name
+   * @param {RTCIceCandidateInit | null} candidate
+   */
+  #sendCandidate(name, candidate) {
+    const socket = this.socket;
+    if (!socket || socket.closed) return;
+    try {
+      socket.send({ type: 'candidate', id: socket.nextId('c'), pc: name, candidate });
+    } catch {
+      // the socket just closed: a re-join starts over
+    }
+  }
+
+  /** @param {PcName} name */
+  #allowTrickle(name) {
+    this.#canTrickle[name] = true;
+    const held = this.#held[name];
+    this.#held[name] = [];
+    for (const candidate of held) this.#sendCandidate(name, candidate);
+  }
+
+  /** @returns {Promise<TrackInfo[]>} */
+  #queuePublish() {
+    const run = this.#publishChain.then(() => this.#negotiatePublish());
+    this.#publishChain = run.catch(() => undefined);
+    return run;
+  }
+
+  /** @returns {Promise<TrackInfo[]>} */
+  async #negotiatePublish() {
+    const socket = this.socket;
+    if (!socket || this.state !== 'joined') return [];
+    const pc = (this.publishPc ??= this.#newPc('publish'));
+    const stream = this.#localStream ?? new MediaStream();
+    for (const [track, transceiver] of [...this.#senders]) {
+      if (!this.#local.some((slot) => slot.track === track)) {
+        this.#senders.delete(track);
+        this.#publishedIds.delete(track);
+        transceiver.direction = 'inactive';
+        await transceiver.sender.replaceTrack(null);
+      }
+    }
+    /** @type {Array<RTCRtpTransceiver | undefined>} */
+    const transceivers = [];
+    for (const slot of this.#local) {
+      const track = slot.track;
+      let transceiver = track ? this.#senders.get(track) : undefined;
+      if (track && !transceiver) {
+        // Reuse an m-line we stopped sending on, so the SDP does not grow forever.
+        const used = new Set(this.#senders.values());
+        transceiver = pc
+          .getTransceivers()
+          .find((t) => t.receiver.track.kind === track.kind && t.direction === 'inactive' && !used.has(t));
+        if (transceiver) {
+          await transceiver.sender.replaceTrack(track);
+          transceiver.direction = 'sendonly';
+        } else {
+          transceiver = pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+        }
+        this.#senders.set(track, transceiver);
+      }
+      transceivers.push(transceiver);
+    }
+    if (pc.getTransceivers().length === 0) return [];
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    const sdp = pc.localDescription?.sdp ?? offer.sdp ?? '';
+    const pendingReply = socket.request({ type: 'publish', sdp }, this.options.requestTimeoutMs);
+    this.#allowTrickle('publish');
+    const reply = await pendingReply;
+    if (this.publishPc !== pc) return []; // torn down meanwhile (re-join)
+    if (typeof reply.sdp !== 'string') throw new ProtocolError('internal', "'published' without sdp");
+    await pc.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
+    const tracks = (Array.isArray(reply.tracks) ? reply.tracks : []).filter(isTrack);
+    this.#mapPublished(transceivers, tracks, sdp);
+    for (const track of tracks) this.tracks.set(track.id, track);
+    await this.#restoreMutes(tracks);
+    this.#emit('published', { tracks });
+    return tracks;
+  }
+
+  /**
+   * Which server track each local track became: by `mid` when the server says, else in
+   * m-line order per kind (the order of `published.tracks`).
+   * @param {Array<RTCRtpTransceiver | undefined>} transceivers
+   * @param {TrackInfo[]} tracks
+   * @param {string} sdp our offer (its m-line order)
+   */
+  #mapPublished(transceivers, tracks, sdp) {
+    const order = [...sdp.matchAll(/^a=mid:(\S+)/gm)].map((m) => m[1]);
+    /** @param {RTCRtpTransceiver | undefined} t */
+    const index = (t) => {
+      const i = t?.mid ? order.indexOf(t.mid) : -1;
+      return i < 0 ? Number.MAX_SAFE_INTEGER : i;
+    };
+    /** @type {Record<string, TrackInfo[]>} */
+    const byKind = { audio: [], video: [] };
+    for (const track of tracks) byKind[track.kind]?.push(track);
+    const sending = this.#local
+      .map((slot, i) => ({ track: slot.track, transceiver: transceivers[i] }))
+      .filter((s) => s.track && s.transceiver)
+      .sort((a, b) => index(a.transceiver) - index(b.transceiver));
+    for (const { track, transceiver } of sending) {
+      if (!track || !transceiver) continue;
+      const byMid = tracks.find((t) => t.mid !== undefined && t.mid === transceiver.mid);
+      const info = byMid ?? byKind[track.kind]?.shift();
+      if (info) this.#publishedIds.set(track, info.id);
+    }
+  }
+
+  /** After (re-)publishing, tell the server which tracks are muted. @param {TrackInfo[]} tracks */
+  async #restoreMutes(tracks) {
+    for (const [track, muted] of this.#muted) {
+      const id = this.#publishedIds.get(track);
+      const info = tracks.find((t) => t.id === id);
+      if (id && info && info.muted !== muted) await this.request({ type: 'mute', track: id, muted });
+    }
+  }
+
+  /** @param {Message} message */
+  #queueOffer(message) {
+    this.#subscribeChain = this.#subscribeChain
+      .then(() => this.#answerOffer(message))
+      .catch((error) => {
+        this.#emit('error', {
+          error: new ProtocolError('negotiation_failed', `subscribe: ${asProtocolError(error).message}`),
+        });
+        this.#forceReconnect('subscribe negotiation failed');
+      });
+  }
+
+  /** @param {Message} message */
+  async #answerOffer(message) {
+    const socket = this.socket;
+    if (typeof message.sdp !== 'string' || !socket) return;
+    const pc = (this.subscribePc ??= this.#newPc('subscribe'));
+    await pc.setRemoteDescription({ type: 'offer', sdp: message.sdp });
+    const answer = await pc.createAnswer();
+    await pc.setLocalDescription(answer);
+    if (this.subscribePc !== pc || this.socket !== socket) return;
+    socket.send({ type: 'answer', sdp: pc.localDescription?.sdp ?? answer.sdp ?? '' });
+    this.#allowTrickle('subscribe');
+    /** @type {Record<string, string>} */
+    const tracks = isObject(message.tracks)
+      ? Object.fromEntries(
+          Object.entries(message.tracks)
+            .filter((e) => typeof e[1] === 'string')
+            .map(([m, t]) => [m, String(t)]),
+        )
+      : tracksFromSdp(message.sdp);
+    this.#updateRemoteTracks(pc, tracks);
+  }
+
+  /**
+   * Emit `remotetrackended` / `remotetrack` for every subscribe m-line whose track changed.
+   * An m-line may carry a new track after its old one ended (the server reuses m-lines).
+   * @param {RTCPeerConnection} pc
+   * @param {Record<string, string>} tracks
+   */
+  #updateRemoteTracks(pc, tracks) {
+    for (const [mid, trackId] of [...this.#midTracks]) {
+      if (tracks[mid] !== trackId) {
+        this.#midTracks.delete(mid);
+        this.remoteTracks.delete(trackId);
+        this.#emit('remotetrackended', { trackId, mid });
+      }
+    }
+    for (const transceiver of pc.getTransceivers()) {
+      const mid = transceiver.mid;
+      const trackId = mid === null ? undefined : tracks[mid];
+      if (mid === null || trackId === undefined || this.#midTracks.get(mid) === trackId) continue;
+      this.#midTracks.set(mid, trackId);
+      const mediaTrack = transceiver.receiver.track;
+      this.remoteTracks.set(trackId, mediaTrack);
+      this.#emit('remotetrack', { trackId, mid, mediaTrack, info: this.tracks.get(trackId) });
+    }
+  }
+
+  /** @param {Message} message */
+  #onRemoteCandidate(message) {
+    const pc =
+      message.pc === 'publish' ? this.publishPc : message.pc === 'subscribe' ? this.subscribePc : null;
+    const candidate = message.candidate;
+    if (!pc) return;
+    if (candidate === null) {
+      pc.addIceCandidate(null).catch(() => undefined);
+    } else if (isObject(candidate) && typeof candidate.candidate === 'string') {
+      pc.addIceCandidate(/** @type {RTCIceCandidateInit} */ (candidate)).catch(() => undefined);
+    }
+  }
+}
+
+/**
+ * @param {unknown} error
+ * @returns {ProtocolError}
+ */
+function asProtocolError(error) {
+  if (error instanceof ProtocolError) return error;
+  if (error instanceof Error) return new ProtocolError('internal', error.message);
+  return new ProtocolError('internal', String(error));
+}
