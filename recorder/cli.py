@@ -37,7 +37,7 @@ def _print(value: Any) -> None:
 def _recordings(args: argparse.Namespace) -> int:
     from consent.ledger import LedgerEntry
     from consent.ledger_sqlite import SqliteLedger
-    from recorder.store import RecordingNotFound
+    from recorder.store import RecordingBusy, RecordingNotFound
 
     store = _store(args.data_dir)
     ledger = SqliteLedger.in_data_dir(args.data_dir)
@@ -46,6 +46,8 @@ def _recordings(args: argparse.Namespace) -> int:
             infos = store.list_recordings(room=args.room, subject=args.subject)
             _print([i.to_dict() for i in infos])
             return 0
+        if args.action == "recover":
+            return _recover(args.data_dir, store)
         info = store.get(args.id)
         if args.action == "export":
             with open(args.out, "wb") as out:
@@ -79,8 +81,30 @@ def _recordings(args: argparse.Namespace) -> int:
     except RecordingNotFound:
         print(f"no recording {getattr(args, 'id', '')!r}", file=sys.stderr)
         return 1
+    except RecordingBusy:
+        print(
+            "still recording (if its server was killed: `recordings recover` first)",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         ledger.close()
+
+
+def _recover(data_dir: Path, store: RecordingStore) -> int:
+    """Seal what a killed server left mid-recording (the server does this when it starts)."""
+    from recorder.service import hold_recordings_lock
+
+    try:
+        lock = hold_recordings_lock(data_dir, exclusive=True)
+    except BlockingIOError:
+        print(
+            "a server is running on this data dir: it recovers recordings itself", file=sys.stderr
+        )
+        return 1
+    with lock:
+        _print(store.recover())
+    return 0
 
 
 def _subject(args: argparse.Namespace) -> int:
@@ -136,6 +160,10 @@ def add_data_commands(subcommands: Any) -> None:
     data_dir(export)
     export.add_argument("id")
     export.add_argument("--out", required=True, help="output file (.webm or .mkv)")
+    recover = actions.add_parser(
+        "recover", help="seal recordings a killed server left behind (no server running)"
+    )
+    data_dir(recover)
     erase = actions.add_parser("erase", help="erase a recording and destroy its key")
     data_dir(erase)
     erase.add_argument("id")

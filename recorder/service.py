@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import jwt
 import redis.asyncio
@@ -47,14 +48,21 @@ if TYPE_CHECKING:
     from sfu.producer import Producer
     from sfu.room import Room
 
-__all__ = ["CONSENT_TTL_S", "PURPOSE", "RecordingError", "RecordingService", "RoomRecording"]
+__all__ = [
+    "CONSENT_TTL_S",
+    "PURPOSE",
+    "RecordingError",
+    "RecordingService",
+    "RoomRecording",
+    "hold_recordings_lock",
+]
 
 log = structlog.get_logger(__name__)
 
 PURPOSE = "support session recording"
 CONSENT_TTL_S = 600  # short-lived; renewed while the call lasts
 RENEW_WITHIN_S = 300
-RENEW_EVERY_S = 30.0
+RENEW_EVERY_S = 5.0  # also how soon an unreadable revocation store stops recording
 MAX_NOTICE_CHARS = 4000
 # Ledger kinds that are also webhook events (the ledger is the record; webhooks notify).
 _WEBHOOK_EVENTS = {
@@ -129,6 +137,7 @@ class RecordingService:
         self._unsubscribe = revocations.subscribe(self._on_revoked)
         self._renewals: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._lock_file: IO[bytes] | None = None
 
     @classmethod
     async def open(
@@ -137,6 +146,7 @@ class RecordingService:
         """Recordings in the data dir; ledger and revocations embedded (SQLite in the data
         dir) or, with ``redis_url``, in Redis so every node of a cluster shares them."""
         store = RecordingStore(data_dir, load_master_key(data_dir), keys)
+        in_use = hold_recordings_lock(data_dir)  # shared: offline recovery must wait for us
         recovered = await asyncio.to_thread(store.recover)
         if recovered:
             log.info("recordings_recovered", recordings=recovered)
@@ -151,6 +161,7 @@ class RecordingService:
         await revocations.start()
         service = cls(keys=keys, ledger=ledger, revocations=revocations, store=store, issuer=issuer)
         service._renewals = asyncio.get_running_loop().create_task(service._renew_loop())
+        service._lock_file = in_use
         return service
 
     # --- the protocol state -----------------------------------------------------------
@@ -478,7 +489,7 @@ class RecordingService:
 
     async def _recheck(self, request: RoomRecording, consent: Consent) -> None:
         claims = consent.claims
-        if claims is None:
+        if claims is None or consent.sink is None:
             return
         try:
             revoked = await self.revocations.is_revoked(claims.jti)
@@ -490,10 +501,12 @@ class RecordingService:
             self._announce(request.room)
 
     async def _renew_loop(self) -> None:
+        """Every few seconds: re-check revocation (fail closed) and renew expiring tokens."""
         while True:
             await asyncio.sleep(RENEW_EVERY_S)
             for request in list(self.rooms.values()):
                 for consent in list(request.consents.values()):
+                    await self._recheck(request, consent)
                     try:
                         await self._renew(request, consent)
                     except Exception:
@@ -597,6 +610,25 @@ class RecordingService:
         self._unsubscribe()
         await _close(self.revocations)
         await _close(self.ledger)
+        if self._lock_file is not None:
+            self._lock_file.close()
+
+
+LOCK_FILE = "recordings.lock"
+
+
+def hold_recordings_lock(data_dir: Path, *, exclusive: bool = False) -> IO[bytes]:
+    """A lock on the data dir's recordings: servers share it, offline recovery needs it alone.
+
+    Raises BlockingIOError when ``exclusive`` and a server is running on this data dir.
+    """
+    handle = open(data_dir / LOCK_FILE, "ab")  # noqa: SIM115 - held for the process's life
+    try:
+        fcntl.flock(handle, (fcntl.LOCK_EX | fcntl.LOCK_NB) if exclusive else fcntl.LOCK_SH)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
 
 
 def _unverified_scope(token: object) -> frozenset[str]:

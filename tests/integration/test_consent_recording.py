@@ -276,3 +276,58 @@ async def test_customer_cannot_start_recording_or_read_others(
     finally:
         await customer.close()
         await agent.close()
+
+
+def _cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sfu", *args, "--data-dir", str(server.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def _record(
+    server: ServerProcess, room: str, seconds: float
+) -> tuple[Participant, Participant]:
+    agent, customer = await _call(server, room)
+    request = await _request(agent, customer, ["audio", "video"])
+    await customer.signal.request(
+        {"type": "consent.grant", "request": request, "scope": ["audio", "video"]}
+    )
+    await asyncio.sleep(seconds)
+    return agent, customer
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+async def test_a_stopped_or_killed_server_leaves_a_playable_recording(
+    tmp_path: Path, room: str, how: str
+) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    agent, customer = await _record(server, room, 4.0)
+    try:
+        assert server.proc is not None
+        if how == "SIGKILL":
+            server.proc.kill()
+            server.proc.wait(timeout=10)
+        else:
+            server.proc.terminate()  # drain: the file is finished as participants leave
+            await customer.close()
+            await agent.close()
+            assert server.proc.wait(timeout=30) == 0
+    finally:
+        await customer.close()
+        await agent.close()
+        server.stop()
+    if how == "SIGKILL":  # nothing sealed the file: recovery keeps its authenticated prefix
+        recovered = _cli(server, "recordings", "recover")
+        assert recovered.returncode == 0, recovered.stderr
+    [recording] = json.loads(_cli(server, "recordings", "list").stdout)
+    out = tmp_path / "recording.webm"
+    exported = _cli(server, "recordings", "export", recording["id"], "--out", str(out))
+    assert exported.returncode == 0, exported.stderr
+    result = probe(out)
+    assert result.codecs == {"video": "vp8", "audio": "opus"}
+    lost = 4.0 - result.duration_s
+    print(f"{how}: {result.duration_s:.2f} s of 4 s recorded, {max(lost, 0):.2f} s lost")
+    assert result.duration_s >= (3.0 if how == "SIGTERM" else 2.0), result
