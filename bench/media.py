@@ -39,6 +39,7 @@ __all__ = [
 VIDEO_TIME_BASE = fractions.Fraction(1, 90_000)
 AUDIO_RATE = 48_000
 AUDIO_FRAME_SAMPLES = 960  # 20 ms, what aiortc's own Opus encoder sends
+MAX_LATE_S = 0.1  # a replay more than this behind its schedule skips ahead
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +128,10 @@ def encode_video_clip(
     )
 
 
-def encode_audio_clip(seconds: float = 4.0, kbps: int = 32) -> EncodedClip:
-    """Opus, 48 kHz stereo, 20 ms frames of two tones."""
+def encode_audio_clip(seconds: float = 4.0, kbps: int = 32, voice: int = 0) -> EncodedClip:
+    """Opus, 48 kHz stereo, 20 ms frames of two tones over faint noise; each ``voice`` has
+    its own tones and noise, so no payload repeats within a clip or across voices (what
+    latency matching needs: :mod:`bench.latency`)."""
     count = max(1, round(seconds * AUDIO_RATE / AUDIO_FRAME_SAMPLES))
     codec = av.CodecContext.create("libopus", "w")
     codec.sample_rate = AUDIO_RATE
@@ -138,11 +141,13 @@ def encode_audio_clip(seconds: float = 4.0, kbps: int = 32) -> EncodedClip:
     codec.time_base = fractions.Fraction(1, AUDIO_RATE)
     codec.options = {"application": "voip", "frame_duration": "20"}
     frames: list[bytes] = []
+    rng = np.random.default_rng(1000 + voice)  # a little noise: no two frames alike
     for index in range(count):
         t = (index * AUDIO_FRAME_SAMPLES + np.arange(AUDIO_FRAME_SAMPLES)) / AUDIO_RATE
-        left = 0.3 * np.sin(2 * math.pi * 440.0 * t)
-        right = 0.3 * np.sin(2 * math.pi * 660.0 * t)
-        samples = (np.stack([left, right], axis=1).reshape(1, -1) * 32767).astype(np.int16)
+        left = 0.3 * np.sin(2 * math.pi * (440.0 + 7.0 * voice) * t)
+        right = 0.3 * np.sin(2 * math.pi * (660.0 + 11.0 * voice) * t)
+        stereo = np.stack([left, right], axis=1) + rng.normal(0.0, 0.02, (AUDIO_FRAME_SAMPLES, 2))
+        samples = (np.clip(stereo, -1.0, 1.0).reshape(1, -1) * 32767).astype(np.int16)
         frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="stereo")
         frame.sample_rate = AUDIO_RATE
         frame.pts = index * AUDIO_FRAME_SAMPLES
@@ -167,6 +172,8 @@ class ReplayTrack(MediaStreamTrack):
         self.clip = clip
         self.frames_sent = 0
         self.keyframe_requests = 0
+        self.late_skips = 0
+        """How often the schedule was re-anchored because the generator fell behind."""
         self._position = 0
         self._start: float | None = None
         self._keyframe_wanted = False
@@ -184,8 +191,14 @@ class ReplayTrack(MediaStreamTrack):
             self._start = loop.time()
         else:
             delay = self._start + self.frames_sent * self.clip.frame_s - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if delay < -MAX_LATE_S:
+                # Far behind (the generator's loop was held up): skip to now, as a camera
+                # would, instead of bursting every overdue frame without ever yielding.
+                self.late_skips += 1
+                self._start -= delay
+                delay = 0.0
+            # Always yield: aiortc's sender loop never does between frames otherwise.
+            await asyncio.sleep(max(0.0, delay))
         if self._keyframe_wanted:
             self._keyframe_wanted = False
             self._position = 0

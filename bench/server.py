@@ -1,35 +1,46 @@
 """Our SFU (``python -m sfu serve``) as a child process: a :class:`bench.target.Target`.
 
 Each server gets a fresh temporary data dir (its signing key is created there) and
-listens on 127.0.0.1 on a free port, read from its JSON "listening" log line. It is
-stopped by its PID: SIGTERM, then SIGKILL if it has not exited within 15 s.
+listens on 127.0.0.1 on a free port, read from its JSON "listening" log line. With
+``cpu`` set it runs under ``taskset -c CPU`` (one worker process, one core: the same
+pinning as the Janus target). It is stopped by its PID: SIGTERM, then SIGKILL if it has
+not exited within 15 s. Participants join with protocol v1 (``signaling.client``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
+from aiortc import MediaStreamTrack
 
 from bench.procfs import read_cpu_seconds, read_rss_bytes, read_voluntary_switches
 from bench.stats import parse_prometheus
-from bench.target import PacketCounters
+from bench.target import PacketCounters, Peer, RtpTap, install_subscriber_tap
 from sfu.keys import KeyStore
 from signaling.access import issue_access_token
+from signaling.client import Participant
 
 __all__ = ["SfuServer"]
 
 STARTUP_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
+JOIN_TIMEOUT_S = 15.0
+SUBSCRIBE_PC_WAIT_S = 60.0
+_TAP_POLL_S = 0.002
 _LOG_TAIL = 200
 _DROP_COUNTERS = (
     "dropped_empty", "dropped_oversize", "dropped_foreign", "dropped_unready",
@@ -40,10 +51,11 @@ _DROP_COUNTERS = (
 class SfuServer:
     """One ``python -m sfu serve`` child on 127.0.0.1, with its own temporary data dir."""
 
-    name = "oktorus-sfu"
+    name = "oktorus"
 
-    def __init__(self, extra_args: Sequence[str] = ()) -> None:
+    def __init__(self, extra_args: Sequence[str] = (), cpu: int | None = None) -> None:
         self._extra_args = list(extra_args)
+        self.cpu = cpu
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[str] | None = None
         self._keys: KeyStore | None = None
@@ -57,8 +69,12 @@ class SfuServer:
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-sfu-")
         data_dir = Path(self._tmp.name) / "data"
         env = dict(os.environ, SFU_LOG_FORMAT="json")
+        pin = (
+            ["taskset", "-c", str(self.cpu)]
+            if self.cpu is not None and shutil.which("taskset") else []
+        )
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "sfu", "serve", "--host", "127.0.0.1", "--port", "0",
+            [*pin, sys.executable, "-m", "sfu", "serve", "--host", "127.0.0.1", "--port", "0",
              "--data-dir", str(data_dir), *self._extra_args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True, env=env,
@@ -68,6 +84,8 @@ class SfuServer:
         except BaseException:
             self.stop()
             raise
+        if self.cpu is not None and not pin:
+            os.sched_setaffinity(self._proc.pid, {self.cpu})
         threading.Thread(target=self._drain_log, name="sfu-log", daemon=True).start()
         self._keys = KeyStore.open(data_dir)
         return self
@@ -154,8 +172,50 @@ class SfuServer:
     def rss_bytes(self) -> int:
         return read_rss_bytes(self.pid)
 
-    def wakeups(self) -> int:
+    def wakeups(self) -> int | None:
         return read_voluntary_switches(self.pid)
+
+    @property
+    def description(self) -> str:
+        pinned = f"pinned to CPU {self.cpu}" if self.cpu is not None else "not pinned"
+        return f"oktorus-sfu, one worker process (event loop), {pinned}, on 127.0.0.1"
+
+    @property
+    def host_addresses(self) -> list[str]:
+        return ["127.0.0.1"]
+
+    def network(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    async def open_room(self, room: str, publishers: int) -> None:
+        """Rooms are created by the first join."""
+
+    async def join(
+        self,
+        room: str,
+        identity: str,
+        *,
+        tracks: Sequence[MediaStreamTrack] = (),
+        subscribe: bool = True,
+        tap: RtpTap | None = None,
+        swallow: bool = True,
+        timeout: float = JOIN_TIMEOUT_S,
+    ) -> Peer:
+        grants = [*(["publish"] if tracks else []), *(["subscribe"] if subscribe else [])]
+        participant = await Participant.join(
+            self.url, self.token(room, identity, grants), publish_tracks=tracks, timeout=timeout
+        )
+        peer = OktorusPeer(identity, participant)
+        if subscribe and tap is not None:
+            if tracks:
+                peer.tap_later(tap, swallow)
+            else:
+                try:
+                    await peer.wait_tap(tap, swallow, timeout)
+                except BaseException:
+                    await peer.close()
+                    raise
+        return peer
 
     async def metrics(self) -> dict[str, float]:
         if self._http is None:
@@ -184,3 +244,39 @@ class SfuServer:
                 for name in _DROP_COUNTERS
             ),
         )
+
+
+class OktorusPeer(Peer):
+    """A protocol v1 participant (:class:`signaling.client.Participant`)."""
+
+    def __init__(self, identity: str, participant: Participant) -> None:
+        super().__init__(identity)
+        self.participant = participant
+        self.publish_pc = participant.publish_pc
+        self.track_ids = list(participant.published)
+        self._task: asyncio.Task[None] | None = None
+
+    async def wait_tap(self, tap: RtpTap, swallow: bool, timeout: float) -> None:
+        """Tap the subscribe PC as soon as the server's first offer created it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pc = self.participant.subscribe_pc
+            if pc is not None and pc.getTransceivers():
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError("the server sent no subscribe offer")
+            await asyncio.sleep(_TAP_POLL_S)
+        self.subscribe_pc = pc
+        install_subscriber_tap(self, tap, swallow)
+
+    def tap_later(self, tap: RtpTap, swallow: bool) -> None:
+        async def run() -> None:
+            with contextlib.suppress(TimeoutError):
+                await self.wait_tap(tap, swallow, SUBSCRIBE_PC_WAIT_S)
+
+        self._task = asyncio.get_running_loop().create_task(run(), name="tap-later")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await self.participant.close()

@@ -1,18 +1,29 @@
 """What a scenario needs from the system under test: the target adapter interface.
 
-A scenario only talks to a :class:`Target`: a signalling URL that speaks protocol v1,
-access tokens, and process-level figures. ``bench.server.SfuServer`` is the one
-implementation today (our server as a child process); another SFU can be benchmarked
-in the same harness by writing an adapter with these members.
+A scenario only talks to a :class:`Target`: it starts and stops the server, opens rooms,
+joins participants (aiortc peers that publish the replayed clips and/or receive every
+other participant's tracks through a counting tap), and reads process-level figures.
+
+Two adapters: ``bench.server.SfuServer`` (our server, protocol v1, as a child process on
+``127.0.0.1``) and ``bench.janus.JanusServer`` (Janus VideoRoom, in the bench's own
+network namespace). Another SFU can be benchmarked in the same harness by writing an
+adapter with these members.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["PacketCounters", "Target"]
+from aiortc import MediaStreamTrack, RTCPeerConnection
+
+from sfu import aiortc_bridge as bridge
+
+__all__ = ["PacketCounters", "Peer", "RtpTap", "Target", "install_subscriber_tap"]
+
+RtpTap = Callable[[bytes], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +53,37 @@ class PacketCounters:
         )
 
 
+class Peer:
+    """One participant as the generator sees it: its publish and subscribe peer
+    connections (either may be None) and the target's ids of its published tracks."""
+
+    def __init__(self, identity: str) -> None:
+        self.identity = identity
+        self.publish_pc: RTCPeerConnection | None = None
+        self.subscribe_pc: RTCPeerConnection | None = None
+        self.track_ids: list[str] = []
+        self.tapped = False
+        self.tapped_late = False
+        """True if DTLS was already up when the receive tap went in (packets missed)."""
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+def install_subscriber_tap(peer: Peer, tap: RtpTap, swallow: bool) -> None:
+    """Put ``tap`` on ``peer.subscribe_pc``'s received RTP (before any jitter buffer)."""
+    pc = peer.subscribe_pc
+    assert pc is not None
+    dtls = bridge.dtls_transport(pc)
+    peer.tapped_late = dtls is not None and dtls.state == "connected"
+    bridge.tap_received_rtp(pc, tap, swallow=swallow)
+    peer.tapped = True
+
+
 class Target(Protocol):
     """A media server under test. Scenarios call :meth:`start`, use it, then
-    :meth:`aclose` and :meth:`stop` (``start``/``stop`` block: run them in a thread)."""
+    :meth:`aclose` and :meth:`stop` (``start``/``stop`` block: run them in a thread).
+    Peers are created inside ``with target.network():`` (the target's network)."""
 
     def start(self) -> object:
         """Start the server and return once it accepts joins."""
@@ -60,12 +99,12 @@ class Target(Protocol):
 
     @property
     def name(self) -> str:
-        """Short label for reports, e.g. ``oktorus-sfu``."""
+        """Short label for reports, e.g. ``oktorus``, ``janus``."""
         ...
 
     @property
-    def url(self) -> str:
-        """Signalling WebSocket URL (``ws://127.0.0.1:PORT/v1/signal``)."""
+    def description(self) -> str:
+        """One line for reports: what runs, how it is pinned and reached."""
         ...
 
     @property
@@ -73,23 +112,50 @@ class Target(Protocol):
         """The process whose CPU and memory are measured."""
         ...
 
-    def token(self, room: str, identity: str, grants: Sequence[str]) -> str:
-        """An access token for ``identity`` in ``room``."""
+    @property
+    def host_addresses(self) -> list[str]:
+        """The addresses the generator's ICE agents must gather on to reach the target."""
+        ...
+
+    def network(self) -> contextlib.AbstractContextManager[None]:
+        """Enter the target's network (a namespace for Janus; nothing for loopback)."""
+        ...
+
+    async def open_room(self, room: str, publishers: int) -> None:
+        """Make ``room`` exist (for targets that need rooms created)."""
+        ...
+
+    async def join(
+        self,
+        room: str,
+        identity: str,
+        *,
+        tracks: Sequence[MediaStreamTrack] = (),
+        subscribe: bool = True,
+        tap: RtpTap | None = None,
+        swallow: bool = True,
+        timeout: float = 15.0,
+    ) -> Peer:
+        """Join ``room``: publish ``tracks``; if ``subscribe``, receive every other
+        publisher's tracks (now and later), with ``tap`` on received RTP.
+
+        A subscribe-only peer returns once its tap is in; a peer that also publishes
+        gets its tap when its subscribe connection appears."""
         ...
 
     def cpu_seconds(self) -> float:
-        """User + system CPU seconds the target has used so far."""
+        """User + system CPU seconds the target has used so far (all its threads)."""
         ...
 
     def rss_bytes(self) -> int:
         """The target's resident memory now."""
         ...
 
-    def wakeups(self) -> int:
+    def wakeups(self) -> int | None:
         """Voluntary context switches of the target's main thread so far (for an event-loop
-        server: how often it woke up; packets handled per wake-up = batching)."""
+        server: how often it woke up), or None where that means nothing."""
         ...
 
-    async def packet_counters(self) -> PacketCounters:
-        """The target's cumulative packet counters now."""
+    async def packet_counters(self) -> PacketCounters | None:
+        """The target's cumulative packet counters now, or None if it exposes none."""
         ...

@@ -66,6 +66,7 @@ __all__ = [
     "peer_cname",
     "restrict_answer_codecs",
     "restrict_host_addresses",
+    "route_via",
     "selected_route",
     "sender_ssrcs",
     "set_sender_identity",
@@ -394,20 +395,25 @@ def selected_route(dtls: Any) -> IceRoute | None:
     pair = dtls.transport._connection._nominated.get(1)
     if pair is None or pair.protocol.transport is None:
         return None
-    transport = pair.protocol.transport
+    return route_via(pair.protocol.transport, pair.remote_addr)
+
+
+def route_via(transport: Any, remote: tuple[str, int]) -> IceRoute:
+    """A route over one of the connection's sockets (TURN relays have no write buffer)."""
     pending = getattr(transport, "get_write_buffer_size", None) or _nothing_pending
-    return IceRoute(transport, pair.remote_addr, pending)
+    return IceRoute(transport, remote, pending)
 
 
 def _nothing_pending() -> int:
     return 0
 
 
-DatagramHandler = Callable[[bytes, tuple[Any, ...]], bool]
+DatagramHandler = Callable[[bytes, tuple[Any, ...], Any], bool]
 
 
 def install_datagram_hook(dtls: Any, handler: DatagramHandler) -> int:
-    """Let ``handler(data, addr)`` see every datagram on this transport's ICE sockets first.
+    """Let ``handler(data, addr, socket_transport)`` see every datagram on this transport's
+    ICE sockets first (``socket_transport`` is the one it arrived on, to answer the same way).
 
     The handler returns True when it consumed the datagram (SRTP/SRTCP), False to hand
     it to aioice (STUN, DTLS). Exceptions aioice raises on hostile STUN are contained
@@ -422,9 +428,12 @@ def install_datagram_hook(dtls: Any, handler: DatagramHandler) -> int:
         original = protocol.datagram_received
 
         def on_datagram(
-            data: bytes, addr: tuple[Any, ...], _original: Callable[..., None] = original
+            data: bytes,
+            addr: tuple[Any, ...],
+            _original: Callable[..., None] = original,
+            _protocol: Any = protocol,
         ) -> None:
-            if handler(data, addr):
+            if handler(data, addr, _protocol.transport):
                 return
             try:
                 _original(data, addr)
@@ -495,7 +504,7 @@ def impair_datagrams(
     dtls = dtls_transport(pc)
     if drop_incoming is not None:
         incoming = drop_incoming
-        install_datagram_hook(dtls, lambda data, addr: incoming(data))
+        install_datagram_hook(dtls, lambda data, addr, via: incoming(data))
     if drop_outgoing is not None:
         outgoing = drop_outgoing
         for protocol in dtls.transport._connection._protocols:

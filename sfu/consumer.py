@@ -135,7 +135,8 @@ class Consumer:
             return
         self.state = ConsumerState.WAITING_KEYFRAME
         self.keyframe_waits += 1
-        self.producer.request_keyframe(now)
+        if not self.producer.replay_keyframe(self, now):
+            self.producer.request_keyframe(now)
 
     # --- hot path -----------------------------------------------------------------
 

@@ -159,8 +159,13 @@ class Ingress:
     def periodic(self, now: float) -> list[bytes]:
         """Receiver reports and REMB for every producer; flags silent producers."""
         for producer in list(self.producers):
-            if now - producer.last_packet_at > self._stale_after_s:
+            # A muted track may legitimately send nothing (camera switched off).
+            if not producer.muted and now - producer.last_packet_at > self._stale_after_s:
                 self._on_stale(producer)
+            else:
+                # A request can be lost (sent before the publisher's transport was up, or
+                # the keyframe arrived before SRTP keys): keep asking while someone waits.
+                producer.keyframe_overdue(now)
         blocks = []
         packets: list[bytes] = []
         for producer in self.producers:

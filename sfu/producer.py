@@ -31,6 +31,8 @@ __all__ = [
 ]
 
 KEYFRAME_REQUEST_INTERVAL_S = 0.5  # at most one PLI upstream per producer per 500 ms
+REPLAY_MAX_AGE_S = 1.0  # a newer keyframe is replayed to a new subscriber instead of a PLI
+REPLAY_MAX_PACKETS = 160  # ... if what follows it fits in a short burst
 VIDEO_CACHE_PACKETS = 1024
 AUDIO_CACHE_PACKETS = 128
 
@@ -103,6 +105,8 @@ class Producer:
         self.created_at = now
         self.last_packet_at = now
         self.last_keyframe_at = -1.0
+        self.keyframe_seq = -1  # sequence number of the last keyframe's first packet
+        self.replays = 0
         self.last_keyframe_request_at = -1e9
         self.keyframe_requests = 0
         self._keyframe_retry_pending = False
@@ -160,6 +164,7 @@ class Producer:
         keyframe = is_keyframe_start(self._codec_name, memoryview(packet)[offset:])
         if keyframe and self.kind == "video":
             self.last_keyframe_at = now
+            self.keyframe_seq = seq
             self.keyframes += 1
         if self.muted:
             return
@@ -187,11 +192,37 @@ class Producer:
         if muted == self.muted:
             return
         self.muted = muted
+        if not muted:
+            self.keyframe_seq = -1  # what was sent while muted is never replayed
         for consumer in self.consumers:
             if muted:
                 consumer.hold()
             else:
                 consumer.restart(now)
+
+    def replay_keyframe(self, consumer: Consumer, now: float) -> bool:
+        """Start ``consumer`` from the cached last keyframe if it is recent (no PLI wait).
+
+        Sends the keyframe and everything after it, in order; False (nothing sent) if the
+        keyframe is too old or any packet since is missing from the cache.
+        """
+        if self.kind != "video" or self.keyframe_seq < 0 or self.muted:
+            return False
+        if now - self.last_keyframe_at > REPLAY_MAX_AGE_S:
+            return False
+        newest = self.stats.highest_seq_ext & 0xFFFF
+        count = ((newest - self.keyframe_seq) & 0xFFFF) + 1
+        if count > REPLAY_MAX_PACKETS:
+            return False
+        packets = [self.cache.get((self.keyframe_seq + i) & 0xFFFF) for i in range(count)]
+        if any(p is None for p in packets):
+            return False
+        for i, packet in enumerate(packets):
+            assert packet is not None
+            seq = (packet[2] << 8) | packet[3]
+            consumer.forward(packet, seq, _TIMESTAMP.unpack_from(packet, 4)[0], i == 0)
+        self.replays += 1
+        return True
 
     def take_audio_level(self) -> float | None:
         """Mean level (dBov) since the last call, or None if no level arrived."""
@@ -220,6 +251,11 @@ class Producer:
         self.keyframe_requests += 1
         self._feedback.request_keyframe(self)
         return True
+
+    def keyframe_overdue(self, now: float) -> None:
+        """Ask again if a consumer still waits for a keyframe (called about once a second)."""
+        if self._keyframe_awaited():
+            self.request_keyframe(now)
 
     def keyframe_retry_due(self, now: float) -> None:
         self._keyframe_retry_pending = False

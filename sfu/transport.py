@@ -47,7 +47,8 @@ class TransportCounters:
     bytes_out: int = 0
     dropped_empty: int = 0
     dropped_oversize: int = 0
-    dropped_foreign: int = 0
+    dropped_foreign: int = 0  # from an unknown path and not authentic SRTP
+    rerouted: int = 0  # authentic media arrived on another ICE path: we follow it
     dropped_unready: int = 0
     dropped_srtp: int = 0
     dropped_queue_full: int = 0
@@ -112,7 +113,7 @@ class MediaTransport:
 
     # --- receive ------------------------------------------------------------------
 
-    def _on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> bool:
+    def _on_datagram(self, data: bytes, addr: tuple[Any, ...], via: Any) -> bool:
         """First look at every datagram of this PC's sockets; True = consumed."""
         n = len(data)
         if n == 0:
@@ -130,26 +131,35 @@ class MediaTransport:
         if rx is None:
             counters.dropped_unready += 1
             return True
-        if addr != self._remote and not self._follow_route(addr):
-            counters.dropped_foreign += 1
+        # Media from another path than the one aioice nominated is accepted only if it
+        # authenticates (the peer may have picked another pair); then we answer that way.
+        other_path = addr != self._remote and not self._follow_route(addr)
+        rtcp = 191 < data[1] < 224
+        plain = rx.unprotect_rtcp(data) if rtcp else rx.unprotect(data)
+        if plain is None:
+            if other_path:
+                counters.dropped_foreign += 1
+            else:
+                counters.dropped_srtp += 1
             return True
+        if other_path:
+            self._latch(addr, via)
         now = time.monotonic()
         counters.bytes_in += n
-        if 191 < data[1] < 224:
-            plain = rx.unprotect_rtcp(data)
-            if plain is None:
-                counters.dropped_srtp += 1
-                return True
+        if rtcp:
             counters.rtcp_in += 1
             self.peer.on_rtcp(plain, now)
         else:
-            plain = rx.unprotect(data)
-            if plain is None:
-                counters.dropped_srtp += 1
-                return True
             counters.rtp_in += 1
             self.peer.on_rtp(plain, now)
         return True
+
+    def _latch(self, addr: tuple[Any, ...], via: Any) -> None:
+        """Send where authenticated media comes from (the peer's choice of ICE pair)."""
+        self._route = bridge.route_via(via, (addr[0], addr[1]))
+        self._remote = addr
+        self.counters.rerouted += 1
+        log.info("media_path_changed", remote=f"{addr[0]}:{addr[1]}")
 
     def _follow_route(self, addr: tuple[Any, ...]) -> bool:
         """Accept media only from the selected ICE pair (re-read if ICE moved it)."""

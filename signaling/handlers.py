@@ -142,7 +142,8 @@ async def on_publish(
         answer, added = await participant.publisher.negotiate(sdp)
     except SdpError as exc:
         raise ProtocolError("bad_request", f"publish: {exc}") from None
-    tracks = [p.describe() for p in participant.publisher.producers.values()]
+    # `mid` (an addition to v1) maps each track to the client's own transceiver.
+    tracks = [{**p.describe(), "mid": p.mid} for p in participant.publisher.producers.values()]
     session.reply(request_id, {"type": "published", "sdp": answer, "tracks": tracks})
     recordings = session.server.recordings
     if recordings is not None:

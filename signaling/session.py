@@ -34,6 +34,7 @@ MESSAGES_PER_SECOND = 50.0
 MESSAGE_BURST = 200.0
 ERRORS_BEFORE_CUTOFF = 20
 ERROR_WINDOW_S = 10.0
+CONCURRENT = frozenset({"publish"})  # handled beside the read loop, not in it
 
 
 class SignalSession:
@@ -51,6 +52,7 @@ class SignalSession:
         self._errors: list[float] = []
         self._writer: asyncio.Task[None] | None = None
         self._close_code: int | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- sending --------------------------------------------------------------------
 
@@ -120,13 +122,29 @@ class SignalSession:
             await self._finish()
 
     async def _on_text(self, text: str, dispatch: Any) -> None:
-        request_id: str | None = None
         try:
             self._rate_limit()
-            try:
-                message, request_id = parse_frame(text)
-            except ProtocolError as exc:
-                raise self._before_join(exc) from None
+        except ProtocolError as exc:
+            self._refuse(None, exc)
+            return
+        try:
+            message, request_id = parse_frame(text)
+        except ProtocolError as exc:
+            self._refuse(exc.request_id, self._before_join(exc))
+            return
+        if message["type"] in CONCURRENT and self.participant is not None:
+            # Negotiating a publish takes a while; the answer to the subscribe offer and
+            # candidates must not wait behind it (the publisher serialises its own offers).
+            task = asyncio.get_running_loop().create_task(
+                self._handle(dispatch, message, request_id)
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return
+        await self._handle(dispatch, message, request_id)
+
+    async def _handle(self, dispatch: Any, message: dict[str, Any], request_id: str | None) -> None:
+        try:
             await dispatch(self, message, request_id)
         except ProtocolError as exc:
             self._refuse(request_id or exc.request_id, exc)
@@ -169,6 +187,8 @@ class SignalSession:
         self._tokens -= 1
 
     async def _finish(self) -> None:
+        for task in self._background:
+            task.cancel()
         participant, room = self.participant, self.room
         if participant is not None and self._writer is not None:
             try:

@@ -98,6 +98,9 @@ const MAX_REDIRECTS = 3;
  * @property {number} [maxReconnectDelayMs] largest back-off delay (default 5000)
  * @property {number} [giveUpAfterMs] stop re-joining after this long (default 120000)
  * @property {number} [iceDisconnectedMs] an ICE `disconnected` this long counts as failed (default 8000)
+ * @property {number} [videoStallMs] a remote video that decodes no new frame this long (not muted, not
+ *   paused) is nudged: paused and resumed, which makes the server ask its publisher for a keyframe
+ *   (default 3000; 0 turns the watchdog off)
  * @property {(url: string) => WebSocket} [createSocket] for tests
  */
 
@@ -435,6 +438,14 @@ export class SfuConnection extends EventTarget {
   #canTrickle = { publish: false, subscribe: false };
   /** @type {Record<PcName, ReturnType<typeof setTimeout> | null>} */
   #iceTimers = { publish: null, subscribe: null };
+  /** Remote video progress for the stall watchdog. @type {Map<string, { frames: number, since: number, nudges: number }>} */
+  #videoProgress = new Map();
+  /** @type {Set<string>} */
+  #pausedByUser = new Set();
+  /** @type {ReturnType<typeof setInterval> | null} */
+  #stallTimer = null;
+  /** How many stalled remote videos were nudged (see `videoStallMs`). */
+  stallNudges = 0;
 
   /**
    * @param {string} url the signalling URL (`ws(s)://host/v1/signal`); see {@link signalUrl}
@@ -453,6 +464,7 @@ export class SfuConnection extends EventTarget {
       maxReconnectDelayMs: options.maxReconnectDelayMs ?? 5000,
       giveUpAfterMs: options.giveUpAfterMs ?? 120000,
       iceDisconnectedMs: options.iceDisconnectedMs ?? 8000,
+      videoStallMs: options.videoStallMs ?? 3000,
       createSocket: options.createSocket,
     };
   }
@@ -586,6 +598,10 @@ export class SfuConnection extends EventTarget {
    * @param {TrackSettings} settings
    */
   async setTrackSettings(trackId, settings) {
+    if (settings.paused !== undefined) {
+      if (settings.paused) this.#pausedByUser.add(trackId);
+      else this.#pausedByUser.delete(trackId);
+    }
     await this.request({ type: 'track.settings', track: trackId, ...settings });
   }
 
@@ -808,6 +824,9 @@ export class SfuConnection extends EventTarget {
 
   /** Close both peer connections and forget remote tracks (before a re-join or for good). */
   #teardownMedia() {
+    if (this.#stallTimer) clearInterval(this.#stallTimer);
+    this.#stallTimer = null;
+    this.#videoProgress.clear();
     for (const [mid, trackId] of this.#midTracks) this.#emit('remotetrackended', { trackId, mid });
     this.#midTracks.clear();
     this.remoteTracks.clear();
@@ -932,6 +951,7 @@ export class SfuConnection extends EventTarget {
       const current = name === 'publish' ? this.publishPc : this.subscribePc;
       if (current !== pc) return;
       this.#emit('pcstate', { pc: name, state: pc.connectionState });
+      if (name === 'subscribe' && pc.connectionState === 'connected') this.#watchStalls();
       const timer = this.#iceTimers[name];
       if (timer) clearTimeout(timer);
       this.#iceTimers[name] = null;
@@ -1123,6 +1143,51 @@ export class SfuConnection extends EventTarget {
       const mediaTrack = transceiver.receiver.track;
       this.remoteTracks.set(trackId, mediaTrack);
       this.#emit('remotetrack', { trackId, mid, mediaTrack, info: this.tracks.get(trackId) });
+    }
+  }
+
+  /** Start the remote video stall watchdog (once per subscribe PC). */
+  #watchStalls() {
+    const period = this.options.videoStallMs;
+    if (this.#stallTimer || period <= 0) return;
+    this.#stallTimer = setInterval(() => void this.#checkStalls().catch(() => undefined), period / 3);
+  }
+
+  /**
+   * Nudge remote videos that stopped decoding although they should play: pausing and resuming
+   * makes the server wait for (and ask the publisher for) a fresh keyframe. This recovers from a
+   * keyframe lost on the way (e.g. asked for before the publisher's connection was up).
+   */
+  async #checkStalls() {
+    const pc = this.subscribePc;
+    if (!pc || pc.connectionState !== 'connected' || this.state !== 'joined') return;
+    /** @type {Map<string, number>} mid → frames decoded */
+    const decoded = new Map();
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'video' && typeof s.mid === 'string') {
+        decoded.set(s.mid, s.framesDecoded ?? 0);
+      }
+    });
+    const now = Date.now();
+    for (const [mid, trackId] of this.#midTracks) {
+      const info = this.tracks.get(trackId);
+      const progress = this.#videoProgress.get(trackId);
+      const frames = decoded.get(mid) ?? 0;
+      if (!info || info.kind !== 'video' || info.muted || this.#pausedByUser.has(trackId)) {
+        this.#videoProgress.delete(trackId); // the clock starts again when it should play
+        continue;
+      }
+      if (!progress || frames > progress.frames) {
+        this.#videoProgress.set(trackId, { frames, since: now, nudges: progress?.nudges ?? 0 });
+        continue;
+      }
+      if (now - progress.since < this.options.videoStallMs || progress.nudges >= 5) continue;
+      progress.since = now;
+      progress.nudges += 1;
+      this.stallNudges += 1;
+      console.debug('oktorus: remote video stalled, asking for a keyframe', trackId);
+      await this.request({ type: 'track.settings', track: trackId, paused: true });
+      await this.request({ type: 'track.settings', track: trackId, paused: false });
     }
   }
 

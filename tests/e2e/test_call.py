@@ -150,6 +150,14 @@ async def test_agent_and_customer_talk(server: ServerProcess, contexts: Contexts
     await expect(tile(customer, "agent1")).to_be_visible()
     await customer.shot("4-reconnected")
 
+    # How often the page had to nudge a stalled remote video (a lost keyframe request on the
+    # server side); reported, not asserted: the call recovered either way.
+    nudges = [
+        await call.page.evaluate("window.__oktorus.connection.stallNudges")
+        for call in (agent, customer)
+    ]
+    MEASURED["video_stall_nudges_in_talk_test"] = sum(nudges)
+
     # Leaving updates the other side's grid.
     await customer.page.get_by_role("button", name="Leave call").click()
     await expect(customer.page.get_by_role("heading", name="You left the call")).to_be_visible()

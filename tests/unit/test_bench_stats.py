@@ -8,16 +8,20 @@ import numpy as np
 import pytest
 
 from bench.clients import PacketCounter, sdp_payload_types
-from bench.fanout import FanoutRun, marginal_cost
+from bench.fanout import marginal_cost
 from bench.procfs import (
     CpuTicks,
     parse_stat_cpu,
     parse_status_rss_kib,
     parse_status_voluntary_switches,
+    parse_udp_sockets,
     read_cpu_seconds,
     read_rss_bytes,
+    read_udp_drops,
     read_voluntary_switches,
+    socket_inodes,
 )
+from bench.scenario import RunFigures
 from bench.stats import linear_fit, median, parse_prometheus, percentile
 from bench.target import PacketCounters
 
@@ -79,8 +83,11 @@ def test_line_fit_needs_two_distinct_x(xs: list[float], ys: list[float]) -> None
         linear_fit(xs, ys)
 
 
-def _run(subscribers: int, forwarded: int, cpu_s: float, window_s: float = 10.0) -> FanoutRun:
-    run = FanoutRun(subscribers=subscribers, window_s=window_s, server_cpu_s=cpu_s)
+def _run(subscribers: int, forwarded: int, cpu_s: float, window_s: float = 10.0) -> RunFigures:
+    run = RunFigures(
+        target="t", label=f"1→{subscribers}", size=subscribers, participants=subscribers + 1,
+        publishers=1, streams=subscribers, window_s=window_s, server_cpu_s=cpu_s,
+    )
     run.server = PacketCounters(rtp_in=1500, rtp_out=forwarded, rtcp_in=0, rtcp_out=0,
                                 bytes_out=0, dropped=0)
     return run
@@ -92,11 +99,30 @@ def test_marginal_cost_is_the_slope_of_cpu_share_against_forwarded_rate() -> Non
     marginal = marginal_cost(runs)
     assert marginal is not None
     assert marginal.us_per_forwarded_packet == pytest.approx(0.45e6 / 13500)  # 33.3 us
-    assert marginal.cpu_ms_per_s_per_subscriber == pytest.approx(45.0 / 9)  # 5 ms/s
+    assert marginal.cpu_ms_per_s_per_stream == pytest.approx(45.0 / 9)  # 5 ms/s
     assert marginal.fixed_cpu_share == pytest.approx(0.03 - 150 * 0.045 / 1350)
     assert runs[0].cpu_us_per_forwarded == pytest.approx(200.0)
-    assert runs[1].cpu_us_per_incoming == pytest.approx(500.0)
+    assert runs[1].cpu_ms_per_s_per_stream == pytest.approx(7.5)
     assert runs[1].forwarded_pps == pytest.approx(1500.0)
+
+
+def test_without_server_counters_the_subscribers_count_is_forwarded() -> None:
+    run = _run(10, 15000, 0.75)
+    run.server = None
+    run.subscriber_packets = 14000
+    assert run.forwarded_packets == 14000
+    assert run.cpu_us_per_forwarded == pytest.approx(0.75e6 / 14000)
+    assert run.counted_ratio is None
+
+
+def test_loss_and_memory_per_participant() -> None:
+    run = _run(4, 6000, 0.2)
+    run.expected_packets, run.received_packets = 1000, 990
+    run.server_rss_idle_bytes, run.server_rss_bytes = 80 << 20, 85 << 20
+    assert run.loss == pytest.approx(0.01)
+    assert run.rss_per_participant_bytes == pytest.approx((5 << 20) / 5)
+    run.expected_packets = 0
+    assert run.loss is None
 
 
 def test_no_marginal_cost_from_a_single_subscriber_count() -> None:
@@ -206,3 +232,54 @@ def test_status_gives_voluntary_context_switches() -> None:
     with pytest.raises(ValueError):
         parse_status_voluntary_switches("Name:\tpython\n")
     assert read_voluntary_switches() >= 0
+
+
+# ------------------------------------------------------------------ UDP drops
+
+_UDP = (
+    "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
+    "timeout inode ref pointer drops\n"
+    " 1021: 0100007F:A1B2 00000000:0000 07 00000000:00000000 00:00000000 00000000     0 "
+    "       0 424242 2 0000000000000000 17\n"
+    " 1022: 0100007F:A1B3 00000000:0000 07 00000000:00000000 00:00000000 00000000     0 "
+    "       0 434343 2 0000000000000000 0\n"
+    "garbage\n"
+)
+
+
+def test_udp_table_gives_drops_per_socket_inode() -> None:
+    assert parse_udp_sockets(_UDP) == {424242: 17, 434343: 0}
+    assert parse_udp_sockets("header only\n") == {}
+
+
+def test_this_process_udp_sockets_are_found() -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        inode = os.fstat(sock.fileno()).st_ino
+        assert inode in socket_inodes()
+        assert read_udp_drops().get(inode) == 0
+
+
+def test_drops_between_readings_ignore_sockets_that_closed() -> None:
+    from bench.procfs import drops_between
+
+    assert drops_between({1: 5, 2: 100}, {1: 7, 3: 4}) == 2 + 4
+    assert drops_between({}, {}) == 0
+
+
+def test_machine_busy_ticks_leave_idle_and_iowait_out() -> None:
+    from bench.procfs import parse_proc_stat_busy, parse_softnet_dropped, read_machine_busy
+
+    stat = "cpu  100 5 20 800 10 0 3 2 0 0\ncpu0 50 2 10 400 5 0 1 1 0 0\n"
+    assert parse_proc_stat_busy(stat) == (130, 940)
+    with pytest.raises(ValueError):
+        parse_proc_stat_busy("intr 1 2 3\n")
+    busy, total = read_machine_busy()
+    assert 0 <= busy <= total
+    softnet = (
+        "000c8450 00000002 00000000 00000000\n"
+        "0013e66e 0000000a 00000000 00000000\n"
+    )
+    assert parse_softnet_dropped(softnet) == 12

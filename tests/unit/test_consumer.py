@@ -761,3 +761,29 @@ def test_close_and_producer_close() -> None:
     feed(producer, Source(VP8).frame(keyframe=True))
     assert transport.sent == []
     assert b.on_nack((b.next_seq,)) == 0
+
+
+def test_new_consumer_starts_from_a_recent_cached_keyframe_without_a_pli() -> None:
+    producer, feedback = make_producer(now=0.0)
+    src = Source(VP8)
+    early = FakeTransport()
+    make_consumer(producer, early, now=0.0)  # the first subscriber asks for a keyframe
+    feed(producer, src.frame(keyframe=True, packets=3) + src.frame(packets=2), now=0.5)
+    requests = len(feedback.keyframe_requests)
+    late = FakeTransport()
+    make_consumer(producer, late, now=0.8, ssrc=7)
+    assert len(feedback.keyframe_requests) == requests, "replayed: no PLI needed"
+    assert len(late.sent) == 5 and continuous(late.seqs())
+    assert [s.packet for s in late.sent] == [s.packet for s in early.sent]
+    assert producer.replays == 1
+
+
+def test_old_keyframe_is_not_replayed() -> None:
+    producer, feedback = make_producer(now=0.0)
+    src = Source(VP8)
+    make_consumer(producer, FakeTransport(), now=0.0)
+    feed(producer, src.frame(keyframe=True, packets=2), now=0.5)
+    requests = len(feedback.keyframe_requests)
+    late = FakeTransport()
+    make_consumer(producer, late, now=5.0, ssrc=7)
+    assert late.sent == [] and len(feedback.keyframe_requests) == requests + 1
