@@ -64,6 +64,11 @@ async def test_metrics_of_a_call(server: ServerProcess) -> None:
         await bob.wait_remote_tracks(2, timeout=10)
         with pytest.raises(SignalError, match="bad_request"):
             await bob.signal.request({"type": "no.such.type"}, timeout=5)
+        # bob's video may have started from the cached keyframe (no PLI); after an unmute
+        # nothing is replayed, so the server asks alice for a keyframe (counted below).
+        video_id = next(i for i, t in alice.published.items() if t["kind"] == "video")
+        await alice.mute(video_id, True)
+        await alice.mute(video_id, False)
         await asyncio.sleep(3.0)  # media flows, RTCP reports arrive, the loop-lag probe runs
         text, _ = _scrape(server)
         samples = _samples(text)
