@@ -49,7 +49,7 @@ class Server:
         self.stats = ServerStats()
         self.ice = IceServerSet.from_settings(settings)
         self.media = MediaConfig(
-            ice_servers=self.ice.for_server(),
+            ice_servers=self.ice.for_server(turn=True),
             announce_ip=settings.announce_ip,
             queue_limit=settings.subscriber_queue_bytes,
             stale_after_s=settings.producer_timeout_s,

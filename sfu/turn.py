@@ -10,8 +10,7 @@ not put in any message, and only the derived password is handed out.
 Every participant gets its own credential (user = its participant id, never its identity,
 so TURN logs hold no personal data). The server's own aiortc peer connections are built
 from the same configuration through :class:`ServerIceServers`, which mints a credential for
-``sfu`` each time a peer connection is created; for now it hands aiortc the STUN servers
-only (see :meth:`IceServerSet.for_server`).
+``sfu`` each time a peer connection is created (see :meth:`IceServerSet.for_server`).
 """
 
 from __future__ import annotations
@@ -108,10 +107,9 @@ class IceServerSet:
     def for_server(self, *, turn: bool = False) -> ServerIceServers:
         """The view the server's own peer connections are built from (fresh credentials).
 
-        TURN is left out by default: a relayed candidate on the server side would make the
-        forwarding core send through aioice's ``TurnTransport``, which the hot path does not
-        support yet (no ``get_write_buffer_size``, one task per ``sendto``); a server needs a
-        reachable address (``--ice-host``/``--announce-ip``) anyway. STUN servers are used.
+        With ``turn`` the server allocates relayed candidates too (the same TURN servers as
+        its clients). A relayed route sends through aioice's ``TurnTransport`` (one task per
+        datagram, no write-buffer bound): fine for the few calls that need it.
         """
         return ServerIceServers(self, turn=turn)
 

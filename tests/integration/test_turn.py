@@ -85,7 +85,7 @@ async def test_relay_only_call_goes_through_coturn(
     finally:
         await call.publisher.close()
         await call.subscriber.close()
-    # The server's own peer connections do not allocate (no relayed server candidates yet).
-    assert not re.search(r"user <\d+:sfu>", coturn.log())
+    # The server's own peer connections use the same TURN server, with their own credentials.
+    assert re.search(r"user <\d+:sfu>", coturn.log())
     # The secret is never logged nor sent.
     assert not any(coturn.secret in line for line in turn_server.log_lines)
