@@ -92,6 +92,7 @@ class Consent:
     sink: RecordingSink | None = None
     feeds: list[tuple[Producer, TrackFeed]] = field(default_factory=list)
     recordings: list[str] = field(default_factory=list)
+    jtis: set[str] = field(default_factory=set)  # renewals change the jti; any names it
 
     @property
     def scope(self) -> list[str]:
@@ -108,6 +109,9 @@ class RoomRecording:
     notice: str
     requested_by: str  # participant id
     consents: dict[str, Consent] = field(default_factory=dict)
+    # Answers by identity, so a reconnecting person is not asked again: a refusal stands,
+    # a still-valid consent resumes recording.
+    answers: dict[str, tuple[str, ConsentClaims | None]] = field(default_factory=dict)
 
     @property
     def notice_sha256(self) -> str:
@@ -280,6 +284,7 @@ class RecordingService:
     async def refuse(self, room: Room, participant: Participant, request_id: object) -> None:
         request, consent = self._pending(room, participant, request_id)
         consent.state = "refused"
+        request.answers[participant.identity] = ("refused", None)
         await self._log(request, "consent.refused", participant.identity, participant.identity)
         self._announce(room)
 
@@ -290,12 +295,14 @@ class RecordingService:
         consent = request.consents.get(participant.id) if request else None
         if request is None or consent is None or consent.claims is None:
             raise RecordingError("not_found", "you have given no consent in this room")
-        if jti is not None and jti != consent.claims.jti:
+        if jti is not None and jti not in consent.jtis:
             raise RecordingError("not_found", "no such consent")
         claims = consent.claims
         await self._detach(request, consent, "consent withdrawn", participant.identity)
         consent.state = "withdrawn"
-        await self.revocations.revoke(claims.jti, claims.expires_at)
+        request.answers[participant.identity] = ("withdrawn", None)
+        for revoked in consent.jtis | {claims.jti}:
+            await self.revocations.revoke(revoked, claims.expires_at)
         await self._log(
             request, "consent.withdrawn", participant.identity, participant.identity, claims=claims
         )
@@ -359,7 +366,9 @@ class RecordingService:
                 details={"presented": True},
             )
         consent.claims = claims
+        consent.jtis.add(claims.jti)
         consent.state = "granted"
+        request.answers[participant.identity] = ("granted", claims)
         self._attach(request, consent)
         self._announce(request.room)
 
@@ -441,10 +450,27 @@ class RecordingService:
         request = self.rooms.get(room.id)
         if request is None:
             return
-        agent = room.participants.get(request.requested_by)
-        if agent is not None:
-            await self._ask(request, participant, agent)
-        participant.send({"type": "recording.state", **self.state(room)})
+        answer, claims = request.answers.get(participant.identity, ("", None))
+        if answer == "granted" and claims is not None and await self._still_valid(claims):
+            # Back after a reconnect: the consent given stands (same room, same person).
+            request.consents[participant.id] = Consent(
+                participant, state="granted", claims=claims, jtis={claims.jti}
+            )
+        elif answer in ("refused", "withdrawn", "granted"):
+            request.consents[participant.id] = Consent(participant, state=answer)
+        else:
+            agent = room.participants.get(request.requested_by)
+            if agent is not None:
+                await self._ask(request, participant, agent)
+        self._announce(room)
+
+    async def _still_valid(self, claims: ConsentClaims) -> bool:
+        if claims.expires_at <= time.time():
+            return False
+        try:
+            return not await self.revocations.is_revoked(claims.jti)
+        except Exception:  # noqa: BLE001 - fail closed
+            return False
 
     async def participant_left(self, room: Room, participant: Participant) -> None:
         request = self.rooms.get(room.id)
@@ -539,6 +565,8 @@ class RecordingService:
         )
         await asyncio.to_thread(self.store.renew, consent.sink.recording_id, verified)
         consent.claims = verified
+        consent.jtis.add(verified.jti)
+        request.answers[old.subject] = ("granted", verified)
         await self._log(
             request,
             "consent.granted",

@@ -59,7 +59,7 @@ def _track(room: Room, track_id: str) -> Producer:
 def _recording_state(session: SignalSession, room: Room) -> dict[str, Any]:
     recordings = session.server.recordings
     if recordings is None:
-        return {"active": False, "recording": None, "participants": []}
+        return {"active": False, "recording": None, "participants": [], "requests": []}
     return recordings.state(room)
 
 

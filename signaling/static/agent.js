@@ -6,10 +6,17 @@
  */
 
 import { CallView } from './call-view.js';
+/** @typedef {import('./protocol.js').SfuConnection} SfuConnection */
 import { byId, h, show } from './dom.js';
 import { peekTokenClaims } from './protocol.js';
+import { describeScope } from './recording-ui.js';
 
 const TOKEN_KEY = 'oktorus.agent.token';
+const DEFAULT_NOTICE =
+  'With your permission, we would like to record this support call so that we can review it ' +
+  'and improve our service. The recording is stored encrypted; only authorised staff and you ' +
+  'can access it. Nothing is recorded unless you accept. You can withdraw your consent at any ' +
+  'time during the call, and ask us to erase the recording.';
 
 /**
  * @typedef {object} SupportSession
@@ -43,10 +50,25 @@ const ui = {
   closeSession: byId('close-session', HTMLButtonElement),
   people: byId('people', HTMLUListElement),
   call: byId('call', HTMLElement),
+  recordingHint: byId('recording-hint', HTMLElement),
+  recordingForm: byId('recording-form', HTMLFormElement),
+  scopeAudio: byId('scope-audio', HTMLInputElement),
+  scopeVideo: byId('scope-video', HTMLInputElement),
+  notice: byId('recording-notice', HTMLTextAreaElement),
+  recordingError: byId('recording-error', HTMLElement),
+  startRecording: byId('start-recording', HTMLButtonElement),
+  stopRecording: byId('stop-recording', HTMLButtonElement),
+  consents: byId('consents', HTMLUListElement),
 };
+ui.notice.value = DEFAULT_NOTICE;
 
 /** @type {CallView | null} */
 let view = null;
+/** The call's connection while the agent is in it. @type {SfuConnection | null} */
+let connection = null;
+/** @type {Array<() => void>} */
+let unlisten = [];
+let recordingBusy = false;
 
 /**
  * Why a token cannot sign in, or null if it looks usable (the server decides for real).
@@ -167,7 +189,11 @@ function showSession(session) {
   view = new CallView(ui.call, {
     token: session.agent_token,
     joinLabel: 'Join the call',
-    onPeople: renderPeople,
+    onPeople: (people) => {
+      renderPeople(people);
+      renderRecording();
+    },
+    onConnection: useConnection,
     headingLevel: 3,
   });
   void view.start();
@@ -222,3 +248,124 @@ function renderPeople(people) {
 const saved = sessionStorage.getItem(TOKEN_KEY);
 if (saved && !tokenProblem(saved)) enterConsole(saved);
 else if (saved) void signOut(tokenProblem(saved) ?? undefined);
+
+// --- recording with consent -------------------------------------------------------------
+
+/** @param {SfuConnection | null} next */
+function useConnection(next) {
+  for (const off of unlisten) off();
+  unlisten = [];
+  connection = next;
+  if (next) {
+    unlisten = [
+      next.on('state', renderRecording),
+      next.on('recording.state', renderRecording),
+      next.on('participant.joined', renderRecording),
+      next.on('participant.left', renderRecording),
+    ];
+  }
+  renderRecording();
+}
+
+/** Words for one participant's answer (never colour alone). */
+const ANSWER_WORDS = {
+  pending: 'Pending: asked, no answer yet',
+  refused: 'Refused: not recorded',
+  withdrawn: 'Withdrawn: recording stopped',
+};
+
+function renderRecording() {
+  const joined = connection?.state === 'joined' ? connection : null;
+  const state = joined?.recording ?? null;
+  const requested = Boolean(state?.recording);
+  show(ui.recordingHint, !joined);
+  ui.startRecording.disabled = !joined || requested || recordingBusy;
+  ui.stopRecording.disabled = !joined || !requested || recordingBusy;
+  if (!joined || !state || !requested) {
+    ui.consents.replaceChildren(h('li', { class: 'hint', text: 'No recording requested.' }));
+    return;
+  }
+  if (state.requests.length === 0) {
+    ui.consents.replaceChildren(h('li', { class: 'hint', text: 'Nobody else is in the call to ask yet.' }));
+    return;
+  }
+  ui.consents.replaceChildren(
+    ...state.requests.map(({ participant, state: answer }) => {
+      const name = joined.participants.get(participant)?.identity ?? 'Someone who left';
+      let words;
+      if (answer === 'granted') {
+        const recorded = state.participants.find((p) => p.id === participant);
+        words = recorded
+          ? `Granted: recording ${describeScope(recorded.scope)}`
+          : 'Granted: not recording yet (nothing published)';
+      } else {
+        words = ANSWER_WORDS[answer];
+      }
+      return h(
+        'li',
+        { 'data-state': answer },
+        h('span', { class: 'name', text: name }),
+        ' ',
+        h('span', { class: 'consent-state', text: words }),
+      );
+    }),
+  );
+}
+
+/** @param {string} message */
+function recordingFailed(message) {
+  ui.recordingError.textContent = message;
+  show(ui.recordingError, Boolean(message));
+}
+
+/**
+ * @param {() => Promise<void>} action
+ * @param {string} what
+ * @param {HTMLElement} next where focus goes when it worked (the clicked button is disabled)
+ */
+async function recordingAction(action, what, next) {
+  recordingFailed('');
+  recordingBusy = true;
+  renderRecording();
+  try {
+    await action();
+    recordingBusy = false;
+    renderRecording();
+    next.focus();
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    recordingFailed(`Could not ${what}: ${reason}`);
+  } finally {
+    recordingBusy = false;
+    renderRecording();
+  }
+}
+
+ui.recordingForm.addEventListener('submit', (event) => {
+  event.preventDefault();
+  const current = connection;
+  if (!current) return;
+  /** @type {Array<'audio' | 'video'>} */
+  const scope = [];
+  if (ui.scopeAudio.checked) scope.push('audio');
+  if (ui.scopeVideo.checked) scope.push('video');
+  const notice = ui.notice.value.trim();
+  if (scope.length === 0) {
+    recordingFailed('Choose what to record: audio, video or both.');
+    ui.scopeAudio.focus();
+    return;
+  }
+  if (!notice) {
+    recordingFailed('Write the notice the customer will read before agreeing.');
+    ui.notice.setAttribute('aria-invalid', 'true');
+    ui.notice.focus();
+    return;
+  }
+  ui.notice.removeAttribute('aria-invalid');
+  void recordingAction(() => current.startRecording(scope, notice), 'request recording', ui.stopRecording);
+});
+
+ui.stopRecording.addEventListener('click', () => {
+  const current = connection;
+  if (current) void recordingAction(() => current.stopRecording(), 'stop recording', ui.startRecording);
+});

@@ -11,6 +11,7 @@
 import { acquire, deviceIdOf, listDevices, stopStream } from './media.js';
 import { h, show } from './dom.js';
 import { ProtocolError, SfuConnection, peekTokenClaims, signalUrl } from './protocol.js';
+import { ConsentDialog, RecordingBar, describeScope } from './recording-ui.js';
 import { Grid } from './tiles.js';
 
 /**
@@ -33,6 +34,10 @@ import { Grid } from './tiles.js';
  * @property {(people: Person[]) => void} [onPeople] who is in the call, whenever that changes
  * @property {(phase: Phase) => void} [onPhase]
  * @property {2 | 3} [headingLevel] level of the view's headings (default 2)
+ * @property {(connection: SfuConnection | null) => void} [onConnection] the connection of this
+ *   view when it joins (null when it leaves), e.g. for the console's recording controls
+ * @property {number} [drainMoveDelayMs] after `server.draining`, wait this long before moving
+ *   the call (default 2000)
  */
 
 /**
@@ -101,6 +106,8 @@ export class CallView {
   #retryAction = null;
   /** The camera/microphone request in flight, if any (joining waits for it). @type {Promise<void>} */
   #acquiring = Promise.resolve();
+  /** @type {ReturnType<typeof setTimeout> | null} */
+  #drainTimer = null;
 
   /**
    * @param {HTMLElement} root where the view is built
@@ -172,6 +179,8 @@ export class CallView {
       ),
     );
 
+    this.recordingBar = new RecordingBar((erase) => void this.#withdraw(erase));
+    this.consentDialog = new ConsentDialog((request, accepted) => void this.#answer(request, accepted));
     this.gridList = h('ul', { class: 'grid', 'aria-label': 'Participants' });
     this.grid = new Grid(this.gridList);
     this.micButton = h('button', { type: 'button', class: 'control' });
@@ -188,6 +197,7 @@ export class CallView {
       'section',
       { class: 'incall', 'aria-labelledby': 'incall-title' },
       this.incallTitle,
+      this.recordingBar.element,
       this.gridList,
       h(
         'div',
@@ -209,7 +219,14 @@ export class CallView {
       this.rejoinButton,
     );
 
-    root.replaceChildren(this.status, this.alert, this.prejoin, this.incall, this.left);
+    root.replaceChildren(
+      this.status,
+      this.alert,
+      this.prejoin,
+      this.incall,
+      this.left,
+      this.consentDialog.element,
+    );
     this.cameraSelect.disabled = true;
     this.micSelect.disabled = true;
     this.#renderToggles();
@@ -439,6 +456,7 @@ export class CallView {
     const connection = new SfuConnection(this.options.signalUrl ?? signalUrl(location), this.options.token);
     this.connection = connection;
     this.#listen(connection);
+    this.options.onConnection?.(connection);
     try {
       await connection.connect();
     } catch (error) {
@@ -624,14 +642,125 @@ export class CallView {
         const self = connection.participant?.id;
         this.grid.setSpeakers(speakers.map((id) => (id === self ? 'self' : id)));
       }),
-      on('server.draining', () => {
-        this.#setStatus('The call server is restarting. If the call drops, it reconnects by itself.', {
-          sticky: true,
-          warn: true,
-        });
+      on('server.draining', ({ deadline }) => this.#onDraining(connection, deadline)),
+      on('recording.state', (state) => {
+        const was = this.recordingBar.recordingAnyone;
+        const wasSelf = this.recordingBar.recordingSelf;
+        const hadFocus = this.recordingBar.element.contains(document.activeElement);
+        this.recordingBar.update(state, connection.participant?.id ?? null, (id) => this.#nameOf(id));
+        if (wasSelf && !this.recordingBar.recordingSelf && hadFocus) this.incallTitle.focus(); // Withdraw is gone
+        if (was && !this.recordingBar.recordingAnyone) this.#setStatus('Recording stopped.');
+        const shown = this.consentDialog.current;
+        if (shown && state.recording !== shown.request) {
+          this.consentDialog.dismiss();
+          this.#setStatus('The recording request was withdrawn. Nothing of you was recorded.');
+        }
+      }),
+      on('consent.request', (request) => {
+        this.consentDialog.open(request, request.by ? this.#nameOf(request.by) : 'The agent');
       }),
       on('error', ({ error }) => console.warn('oktorus:', error.code, error.message)),
     ];
+  }
+
+  /** @param {string} participantId */
+  #nameOf(participantId) {
+    const connection = this.connection;
+    if (participantId === connection?.participant?.id) return 'You';
+    return connection?.participants.get(participantId)?.identity ?? 'Someone';
+  }
+
+  /**
+   * The person answered the consent dialog.
+   * @param {import('./protocol.js').ConsentRequest} request
+   * @param {boolean} accepted
+   */
+  async #answer(request, accepted) {
+    const connection = this.connection;
+    if (!connection) return;
+    try {
+      if (accepted) {
+        await connection.grantConsent(request.request, request.scope);
+        this.#setStatus(
+          `You agreed to be recorded (${describeScope(request.scope)}). You can withdraw at any time.`,
+        );
+      } else {
+        await connection.refuseConsent(request.request);
+        this.#setStatus('You declined. Nothing of you is recorded.');
+      }
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      this.#setStatus(
+        accepted
+          ? `Your consent could not be given (${reason}). Nothing of you is recorded.`
+          : `Your answer could not be sent (${reason}). Nothing of you is recorded without your consent.`,
+        { sticky: true, warn: true },
+      );
+    }
+  }
+
+  /** @param {boolean} erase */
+  async #withdraw(erase) {
+    const connection = this.connection;
+    if (!connection) return;
+    this.recordingBar.withdrawButton.disabled = true;
+    try {
+      await connection.withdrawConsent({ erase });
+      // The Withdraw button (disabled meanwhile, so not focused any more) is gone.
+      const focus = document.activeElement;
+      if (!focus || focus === document.body || this.recordingBar.element.contains(focus))
+        this.incallTitle.focus();
+      this.#setStatus(
+        erase
+          ? 'You withdrew your consent. Recording of you stopped and what was recorded is erased.'
+          : 'You withdrew your consent. Recording of you stopped.',
+      );
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      this.#setStatus(`Your consent could not be withdrawn (${reason}). Try again.`, {
+        sticky: true,
+        warn: true,
+      });
+    } finally {
+      this.recordingBar.withdrawButton.disabled = false;
+    }
+  }
+
+  /**
+   * The server is shutting down: say so, and after a short delay re-join through the usual
+   * reconnect path — if the server address already answers ready (another node behind it).
+   * Otherwise the call goes on here until the server closes it, then reconnects by itself.
+   * @param {SfuConnection} connection
+   * @param {number} deadline seconds until the server closes the call
+   */
+  #onDraining(connection, deadline) {
+    this.#setStatus('The call server is restarting. Your call will move to another server in a moment…', {
+      sticky: true,
+      warn: true,
+    });
+    if (this.#drainTimer) clearTimeout(this.#drainTimer);
+    const delay = Math.min(this.options.drainMoveDelayMs ?? 2000, Math.max(0, (deadline * 1000) / 2));
+    this.#drainTimer = setTimeout(() => {
+      this.#drainTimer = null;
+      void (async () => {
+        const url = new URL(this.options.signalUrl ?? signalUrl(location));
+        url.protocol = url.protocol === 'wss:' ? 'https:' : 'http:';
+        url.pathname = '/readyz';
+        url.search = '';
+        const ready = await fetch(url, { cache: 'no-store' })
+          .then((r) => r.ok)
+          .catch(() => false);
+        if (this.connection !== connection || connection.state !== 'joined') return;
+        if (ready) {
+          connection.dropConnection(); // re-join: the address now reaches a server that accepts
+        } else {
+          this.#setStatus('The call server is restarting. If the call drops, it reconnects by itself.', {
+            sticky: true,
+            warn: true,
+          });
+        }
+      })();
+    }, delay);
   }
 
   #reportPeople() {
@@ -694,6 +823,16 @@ export class CallView {
     this.#unsubscribe = [];
     this.connection?.close();
     this.connection = null;
+    this.#resetRecording();
+  }
+
+  /** Forget recording state and the consent dialog (the connection ended). */
+  #resetRecording() {
+    if (this.#drainTimer) clearTimeout(this.#drainTimer);
+    this.#drainTimer = null;
+    this.consentDialog.dismiss();
+    this.recordingBar.update(null, null, () => '');
+    this.options.onConnection?.(null);
   }
 
   /** Leave the call and turn the camera and microphone off. */
@@ -702,6 +841,7 @@ export class CallView {
     for (const off of this.#unsubscribe) off();
     this.#unsubscribe = [];
     this.connection = null;
+    this.#resetRecording();
     if (connection) await connection.leave();
     stopStream(this.stream);
     this.stream = null;

@@ -18,6 +18,11 @@
  * await sfu.leave();
  * ```
  *
+ * Consent-gated recording (docs/consent.md): an agent calls `startRecording(['audio', 'video'],
+ * notice)`; everyone else gets a `consent.request` event and answers with `grantConsent(request,
+ * scope)` or `refuseConsent(request)`, and may `withdrawConsent({ erase })` later. Every change
+ * arrives as `recording.state` (also kept in `sfu.recording`) — show "being recorded" from it.
+ *
  * Reconnection: when the socket drops (or a peer connection's ICE fails) the connection re-joins
  * with the same token on a new socket, with exponential back-off, and re-publishes the same
  * local tracks (and their mute state) on fresh peer connections; the server gives the rejoined
@@ -61,11 +66,40 @@ const MAX_REDIRECTS = 3;
  * @property {string} [mid]
  */
 
+/** @typedef {'audio' | 'video'} MediaKind */
+
 /**
+ * One participant's answer to the room's recording request (`recording.state.requests`).
+ * @typedef {'pending' | 'granted' | 'refused' | 'withdrawn'} ConsentAnswer
+ */
+
+/**
+ * `recording.state` (and `joined.recording`): who is being recorded now (`participants`, with
+ * what they agreed to) and how each asked participant answered (`requests`).
  * @typedef {object} RecordingState
- * @property {boolean} active
- * @property {string | null} recording
- * @property {Array<{ id: string, scope: string[] }>} participants
+ * @property {boolean} active someone is being recorded
+ * @property {string | null} recording the room's active recording request, if any
+ * @property {Array<{ id: string, scope: MediaKind[] }>} participants
+ * @property {Array<{ participant: string, state: ConsentAnswer }>} requests
+ */
+
+/**
+ * `consent.request`: an agent asks this participant to agree to be recorded.
+ * @typedef {object} ConsentRequest
+ * @property {string} request id to answer with ({@link SfuConnection#grantConsent})
+ * @property {string} notice the exact text to show
+ * @property {MediaKind[]} scope what would be recorded
+ * @property {string} by participant id of the agent who asks
+ * @property {string} purpose
+ */
+
+/**
+ * A consent token the server issued for this participant (`consent.granted`); `renewed` when it
+ * replaces an expiring one while the recording goes on.
+ * @typedef {object} ConsentGrant
+ * @property {string} token
+ * @property {string} jti
+ * @property {boolean} renewed
  */
 
 /**
@@ -137,7 +171,8 @@ const MAX_REDIRECTS = 3;
  *   'track.updated': { track: TrackInfo },
  *   'speaker.changed': { speakers: string[] },
  *   'recording.state': RecordingState,
- *   'consent.request': Message,
+ *   'consent.request': ConsentRequest,
+ *   'consent.granted': ConsentGrant,
  *   'server.draining': { deadline: number },
  *   'pcstate': { pc: PcName, state: RTCPeerConnectionState },
  *   'error': { error: ProtocolError },
@@ -232,6 +267,45 @@ function isTrack(value) {
  */
 function isParticipant(value) {
   return isObject(value) && typeof value.id === 'string' && typeof value.identity === 'string';
+}
+
+/** @param {unknown} value @returns {value is MediaKind} */
+function isKind(value) {
+  return value === 'audio' || value === 'video';
+}
+
+/** @param {unknown} value @returns {MediaKind[]} */
+function kinds(value) {
+  return Array.isArray(value) ? value.filter(isKind) : [];
+}
+
+const ANSWERS = new Set(['pending', 'granted', 'refused', 'withdrawn']);
+
+/**
+ * A `recording.state` (or `joined.recording`) as sent, checked field by field.
+ * @param {unknown} value
+ * @returns {RecordingState}
+ */
+export function recordingStateOf(value) {
+  const m = isObject(value) ? value : {};
+  return {
+    active: m.active === true,
+    recording: typeof m.recording === 'string' ? m.recording : null,
+    participants: (Array.isArray(m.participants) ? m.participants : [])
+      .filter((p) => isObject(p) && typeof p.id === 'string')
+      .map((p) => ({ id: String(p.id), scope: kinds(p.scope) })),
+    requests: (Array.isArray(m.requests) ? m.requests : [])
+      .filter((r) => isObject(r) && typeof r.participant === 'string' && ANSWERS.has(String(r.state)))
+      .map((r) => ({
+        participant: String(r.participant),
+        state: /** @type {ConsentAnswer} */ (String(r.state)),
+      })),
+  };
+}
+
+/** A state with nothing requested and nobody recorded. @returns {RecordingState} */
+function noRecording() {
+  return { active: false, recording: null, participants: [], requests: [] };
 }
 
 /**
@@ -402,6 +476,14 @@ export class SfuConnection extends EventTarget {
   tracks = new Map();
   /** Remote tracks being received: track id → MediaStreamTrack. @type {Map<string, MediaStreamTrack>} */
   remoteTracks = new Map();
+  /** The room's latest `recording.state` (from `joined`, then every change). @type {RecordingState} */
+  recording = noRecording();
+  /**
+   * The consent this participant gave in this room (the latest token, renewals included);
+   * null before, after withdrawing, and after a re-join (a new participant is asked again).
+   * @type {{ token: string, jti: string } | null}
+   */
+  consent = null;
 
   /** @type {Array<{ track: MediaStreamTrack | null, kind: string }>} */
   #local = [];
@@ -627,6 +709,62 @@ export class SfuConnection extends EventTarget {
     return this.socket.request(message, this.options.requestTimeoutMs);
   }
 
+  // --- recording and consent (docs/consent.md) --------------------------------------------
+
+  /**
+   * Ask everyone else in the room to agree to be recorded (needs the `record` grant). Each of
+   * them gets `consent.request` with exactly this `notice`; nobody is recorded before they agree.
+   * Rejects with `forbidden`, `conflict` (a request is already active) or `bad_request`.
+   * @param {MediaKind[]} scope what to record, e.g. `['audio', 'video']`
+   * @param {string} notice the exact text shown to each participant
+   * @returns {Promise<void>}
+   */
+  async startRecording(scope, notice) {
+    await this.request({ type: 'recording.start', scope: [...scope], notice });
+  }
+
+  /** End the room's recording request and every recording of it (`record` grant). */
+  async stopRecording() {
+    await this.request({ type: 'recording.stop' });
+  }
+
+  /**
+   * Agree to be recorded: answer a `consent.request` with a scope within what was requested.
+   * Resolves with the consent token the server issued (also emitted as `consent.granted`).
+   * @param {string} request the `request` id of the `consent.request`
+   * @param {MediaKind[]} scope
+   * @returns {Promise<{ token: string, jti: string }>}
+   */
+  async grantConsent(request, scope) {
+    const reply = await this.request({ type: 'consent.grant', request, scope: [...scope] });
+    if (typeof reply.token !== 'string' || typeof reply.jti !== 'string')
+      throw new ProtocolError('internal', "'consent.granted' without token");
+    this.consent = { token: reply.token, jti: reply.jti };
+    this.#emit('consent.granted', { token: reply.token, jti: reply.jti, renewed: false });
+    return { ...this.consent };
+  }
+
+  /**
+   * Say no to a `consent.request` (closing the dialog is a no too).
+   * @param {string} request
+   */
+  async refuseConsent(request) {
+    await this.request({ type: 'consent.refuse', request });
+  }
+
+  /**
+   * Withdraw the consent given in this room: recording of this participant stops at once;
+   * with `erase`, what was recorded is erased too. Without `jti`, whatever consent is current.
+   * @param {{ jti?: string, erase?: boolean }} [options]
+   */
+  async withdrawConsent(options = {}) {
+    /** @type {Message} */
+    const message = { type: 'consent.withdraw', erase: options.erase ?? false };
+    if (options.jti !== undefined) message.jti = options.jti;
+    await this.request(message);
+    this.consent = null;
+  }
+
   /** Re-join now if waiting to (e.g. the browser just came back online). */
   reconnectNow() {
     if (this.state !== 'reconnecting' || !this.#reconnectTimer) return;
@@ -717,9 +855,12 @@ export class SfuConnection extends EventTarget {
     );
     this.#attempt = 0;
     this.#droppedAt = null;
+    this.recording = recordingStateOf(joined.recording);
+    this.consent = null; // a re-joined participant is a new one: asked again if still wanted
     this.#setState('joined');
     this.#startPing();
     this.#emit('joined', { joined, rejoin });
+    this.#emit('recording.state', this.recording);
     return joined;
   }
 
@@ -893,10 +1034,28 @@ export class SfuConnection extends EventTarget {
         }
         return;
       case 'recording.state':
-        this.#emit('recording.state', /** @type {RecordingState} */ (/** @type {unknown} */ (message)));
+        this.recording = recordingStateOf(message);
+        this.#emit('recording.state', this.recording);
         return;
-      case 'consent.request':
-        this.#emit('consent.request', message);
+      case 'consent.request': {
+        const { request, notice, by, purpose } = message;
+        if (typeof request !== 'string' || typeof notice !== 'string') return;
+        this.#emit('consent.request', {
+          request,
+          notice,
+          scope: kinds(message.scope),
+          by: typeof by === 'string' ? by : '',
+          purpose: typeof purpose === 'string' ? purpose : '',
+        });
+        return;
+      }
+      case 'consent.granted':
+        // Unsolicited: a renewal while recording (the reply to `consent.grant` is matched to
+        // its request instead).
+        if (typeof message.token === 'string' && typeof message.jti === 'string') {
+          this.consent = { token: message.token, jti: message.jti };
+          this.#emit('consent.granted', { token: message.token, jti: message.jti, renewed: true });
+        }
         return;
       case 'server.draining': {
         // The call goes on until the server closes the socket (1001 at the deadline); then the

@@ -331,3 +331,31 @@ async def test_a_stopped_or_killed_server_leaves_a_playable_recording(
     lost = 4.0 - result.duration_s
     print(f"{how}: {result.duration_s:.2f} s of 4 s recorded, {max(lost, 0):.2f} s lost")
     assert result.duration_s >= (3.0 if how == "SIGTERM" else 2.0), result
+
+
+async def test_answers_survive_a_reconnect(recording_server: ServerProcess, room: str) -> None:
+    """A refusal stands and a consent resumes when the same person rejoins."""
+    server = recording_server
+    agent, customer = await _call(server, room)
+    try:
+        request = await _request(agent, customer, ["audio", "video"])
+        await customer.signal.request(
+            {"type": "consent.grant", "request": request, "scope": ["audio", "video"]}
+        )
+        await agent.next_event("recording.state", lambda e: _recorded(e, customer), timeout=5)
+        await customer.close()  # a network blip: the page rejoins with the same token
+        customer = await Participant.join(
+            server.url,
+            server.token(room, "customer-1"),
+            publish_tracks=[FrameCounterTrack(), ToneTrack()],
+        )
+        await agent.next_event("recording.state", lambda e: _recorded(e, customer), timeout=10)
+        assert customer.signal.buffered("consent.request") == [], "not asked again"
+        await customer.signal.request({"type": "consent.withdraw"})
+        await customer.close()
+        customer = await Participant.join(server.url, server.token(room, "customer-1"))
+        await asyncio.sleep(1.0)
+        assert customer.signal.buffered("consent.request") == [], "a withdrawal stands too"
+    finally:
+        await customer.close()
+        await agent.close()
