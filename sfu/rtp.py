@@ -392,44 +392,46 @@ def ts_diff(a: int, b: int) -> int:
     return ((a - b + 0x80000000) & 0xFFFFFFFF) - 0x80000000
 
 
-class SeqUnwrapper:
-    """Extends 16-bit sequence numbers to unbounded ints.
+class _Unwrapper:
+    """Extends n-bit counters to unbounded ints.
 
-    Each number is placed nearest to the previous one, so wraps and
-    reordering both unwrap correctly.  The first number is returned as is;
-    a packet reordered before it may unwrap to a negative value.
+    Each number is placed nearest to the previous one, so wraps and reordering both unwrap
+    correctly. The first number is returned as is; a value reordered before it may unwrap
+    to a negative number.
     """
 
-    __slots__ = ("_last",)
+    __slots__ = ("_half", "_last", "_mask")
 
-    def __init__(self) -> None:
+    def __init__(self, bits: int) -> None:
+        self._mask = (1 << bits) - 1
+        self._half = 1 << (bits - 1)
         self._last: int | None = None
 
-    def unwrap(self, seq: int) -> int:
+    def unwrap(self, value: int) -> int:
         last = self._last
         if last is None:
-            self._last = seq & 0xFFFF
-            return seq & 0xFFFF
-        value = last + (((seq - last + 0x8000) & 0xFFFF) - 0x8000)
-        # Follow the latest value (not the highest) so that a stream that
-        # jumps by more than half the range keeps unwrapping consistently.
-        self._last = value
-        return value
+            self._last = value & self._mask
+            return self._last
+        unwrapped = last + (((value - last + self._half) & self._mask) - self._half)
+        # Follow the latest value (not the highest) so that a stream that jumps by more
+        # than half the range keeps unwrapping consistently.
+        self._last = unwrapped
+        return unwrapped
 
 
-class TsUnwrapper:
-    """Extends 32-bit RTP timestamps to unbounded ints (see SeqUnwrapper)."""
+class SeqUnwrapper(_Unwrapper):
+    """Extends 16-bit RTP sequence numbers (see :class:`_Unwrapper`)."""
 
-    __slots__ = ("_last",)
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self._last: int | None = None
+        super().__init__(16)
 
-    def unwrap(self, ts: int) -> int:
-        last = self._last
-        if last is None:
-            self._last = ts & 0xFFFFFFFF
-            return ts & 0xFFFFFFFF
-        value = last + (((ts - last + 0x80000000) & 0xFFFFFFFF) - 0x80000000)
-        self._last = value
-        return value
+
+class TsUnwrapper(_Unwrapper):
+    """Extends 32-bit RTP timestamps (see :class:`_Unwrapper`)."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(32)
