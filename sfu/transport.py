@@ -159,7 +159,8 @@ class MediaTransport:
         self._route = bridge.route_via(via, (addr[0], addr[1]))
         self._remote = addr
         self.counters.rerouted += 1
-        log.info("media_path_changed", remote=f"{addr[0]}:{addr[1]}")
+        if self.counters.rerouted == 1:  # once: a peer alternating paths must not flood logs
+            log.info("media_path_changed", remote=f"{addr[0]}:{addr[1]}")
 
     def _follow_route(self, addr: tuple[Any, ...]) -> bool:
         """Accept media only from the selected ICE pair (re-read if ICE moved it)."""
