@@ -64,6 +64,7 @@ CONSENT_TTL_S = 600  # short-lived; renewed while the call lasts
 RENEW_WITHIN_S = 300
 RENEW_EVERY_S = 5.0  # also how soon an unreadable revocation store stops recording
 MAX_NOTICE_CHARS = 4000
+SINK_FINISH_TIMEOUT_S = 15.0
 # Ledger kinds that are also webhook events (the ledger is the record; webhooks notify).
 _WEBHOOK_EVENTS = {
     "consent.granted": "consent_granted",
@@ -630,9 +631,11 @@ class RecordingService:
             for consent in request.consents.values():
                 await self._detach(request, consent, "server shutting down", "system")
         self.rooms.clear()
-        sinks = self.store.active()
-        for sink in sinks:
-            await sink.wait_finished()
+        for sink in self.store.active():
+            try:  # bounded: a stuck worker must not keep the process from exiting
+                await asyncio.wait_for(sink.wait_finished(), SINK_FINISH_TIMEOUT_S)
+            except TimeoutError:
+                log.error("recording_not_finished", recording=sink.recording_id)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         self._unsubscribe()
