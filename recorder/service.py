@@ -632,9 +632,8 @@ class RecordingService:
                 await self._detach(request, consent, "server shutting down", "system")
         self.rooms.clear()
         for sink in self.store.active():
-            try:  # bounded: a stuck worker must not keep the process from exiting
-                await asyncio.wait_for(sink.wait_finished(), SINK_FINISH_TIMEOUT_S)
-            except TimeoutError:
+            # Bounded (in the thread too): a stuck worker must not keep the process alive.
+            if await asyncio.to_thread(sink.join, SINK_FINISH_TIMEOUT_S) is None:
                 log.error("recording_not_finished", recording=sink.recording_id)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
