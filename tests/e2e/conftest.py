@@ -31,7 +31,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+        pytest.fail(f"{CHROMIUM} is not installed (scripts/test installs Debian's chromium)")
     process = ServerProcess(Path(tmp_path_factory.mktemp("sfu-data"))).start()
     try:
         yield process

@@ -18,10 +18,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("ffprobe") is None, reason="no ffprobe"),
-]
+pytestmark = pytest.mark.integration
+assert shutil.which("ffprobe"), "ffprobe is missing: scripts/test installs it"
 
 REPO = Path(__file__).resolve().parents[2]
 KILL_AFTER_S = 4.0

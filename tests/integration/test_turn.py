@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
     if not Coturn.available():
-        pytest.skip("coturn (turnserver) is not installed: scripts/test installs it")
+        pytest.fail("coturn (turnserver) is not installed: scripts/test installs it")
     server = Coturn(tmp_path_factory.mktemp("coturn")).start()
     try:
         yield server

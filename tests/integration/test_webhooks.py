@@ -105,7 +105,7 @@ async def test_failing_hanging_and_absent_receivers_lose_nothing_and_slow_nothin
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     if not RedisServer.available():
-        pytest.skip("redis-server is not installed: scripts/test installs it")
+        pytest.fail("redis-server is not installed: scripts/test installs it")
     server = RedisServer(tmp_path / "redis").start()
     try:
         yield server

@@ -17,7 +17,7 @@ from consent.ledger import LedgerEntry, LedgerRecord, canonical_json
 from consent.ledger_redis import RedisLedger
 from consent.revocation import RedisRevocationStore, RevocationUnavailable
 
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server")
+assert shutil.which("redis-server"), "redis-server is missing: scripts/test installs it"
 
 
 def free_port() -> int:

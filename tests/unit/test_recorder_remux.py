@@ -19,7 +19,7 @@ from recorder.remux import RemuxError, TrackSpec, container_for
 from recorder.sink import RecordingResult, RecordingSink
 from recorder.synthetic import SyntheticPacket, feed, synth_rtp
 
-pytestmark = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="no ffprobe")
+assert shutil.which("ffprobe"), "ffprobe is missing: scripts/test installs it"
 
 SECONDS = 5.0
 OPUS = TrackSpec("audio", "opus", 48000, 2, "mic")
