@@ -93,7 +93,7 @@ def _recordings(args: argparse.Namespace) -> int:
 
 def _recover(data_dir: Path, store: RecordingStore) -> int:
     """Seal what a killed server left mid-recording (the server does this when it starts)."""
-    from recorder.service import hold_recordings_lock
+    from recorder.store import hold_recordings_lock
 
     try:
         lock = hold_recordings_lock(data_dir, exclusive=True)

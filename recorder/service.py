@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-import jwt
 import redis.asyncio
 import structlog
 
@@ -32,14 +29,13 @@ from consent.tokens import (
     ConsentClaims,
     ConsentInvalid,
     issue_consent_token,
-    notice_digest,
     validate_scope,
     verify_consent_token,
 )
 from recorder.crypto import load_master_key
 from recorder.remux import TrackSpec
-from recorder.sink import RecordingSink, TrackFeed
-from recorder.store import RecordingStore
+from recorder.requests import Consent, RecordingError, RoomRecording, unverified_scope
+from recorder.store import RecordingStore, hold_recordings_lock
 from sfu.ids import new_id
 from sfu.keys import KeyStore
 
@@ -48,14 +44,7 @@ if TYPE_CHECKING:
     from sfu.producer import Producer
     from sfu.room import Room
 
-__all__ = [
-    "CONSENT_TTL_S",
-    "PURPOSE",
-    "RecordingError",
-    "RecordingService",
-    "RoomRecording",
-    "hold_recordings_lock",
-]
+__all__ = ["CONSENT_TTL_S", "PURPOSE", "RecordingService"]
 
 log = structlog.get_logger(__name__)
 
@@ -72,51 +61,6 @@ _WEBHOOK_EVENTS = {
     "recording.started": "recording_started",
     "recording.stopped": "recording_stopped",
 }
-
-
-class RecordingError(Exception):
-    """A request the recorder refuses; ``code`` is a protocol v1 error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@dataclass(slots=True)
-class Consent:
-    """One participant's answer to the room's recording request, and what it records."""
-
-    participant: Participant
-    state: str = "pending"  # pending | granted | refused | withdrawn
-    claims: ConsentClaims | None = None
-    sink: RecordingSink | None = None
-    feeds: list[tuple[Producer, TrackFeed]] = field(default_factory=list)
-    recordings: list[str] = field(default_factory=list)
-    jtis: set[str] = field(default_factory=set)  # renewals change the jti; any names it
-
-    @property
-    def scope(self) -> list[str]:
-        return sorted(self.claims.scope) if self.claims and self.state == "granted" else []
-
-
-@dataclass(slots=True)
-class RoomRecording:
-    """The active recording request of one room."""
-
-    id: str
-    room: Room
-    scope: frozenset[str]
-    notice: str
-    requested_by: str  # participant id
-    consents: dict[str, Consent] = field(default_factory=dict)
-    # Answers by identity, so a reconnecting person is not asked again: a refusal stands,
-    # a still-valid consent resumes recording.
-    answers: dict[str, tuple[str, ConsentClaims | None]] = field(default_factory=dict)
-
-    @property
-    def notice_sha256(self) -> str:
-        return notice_digest(self.notice)
 
 
 class RecordingService:
@@ -277,7 +221,7 @@ class RecordingService:
         if request is None or consent is None:
             raise RecordingError("conflict", "no recording request is waiting for you")
         # Record what the token grants of what was requested; verification checks it all.
-        needed = _unverified_scope(token) & request.scope
+        needed = unverified_scope(token) & request.scope
         if not needed:
             raise RecordingError("consent_invalid", "the token's scope covers nothing requested")
         await self._accept(request, consent, token, needed, presented=True)
@@ -642,32 +586,6 @@ class RecordingService:
         await _close(self.ledger)
         if self._lock_file is not None:
             self._lock_file.close()
-
-
-LOCK_FILE = "recordings.lock"
-
-
-def hold_recordings_lock(data_dir: Path, *, exclusive: bool = False) -> IO[bytes]:
-    """A lock on the data dir's recordings: servers share it, offline recovery needs it alone.
-
-    Raises BlockingIOError when ``exclusive`` and a server is running on this data dir.
-    """
-    handle = open(data_dir / LOCK_FILE, "ab")  # noqa: SIM115 - held for the process's life
-    try:
-        fcntl.flock(handle, (fcntl.LOCK_EX | fcntl.LOCK_NB) if exclusive else fcntl.LOCK_SH)
-    except BaseException:
-        handle.close()
-        raise
-    return handle
-
-
-def _unverified_scope(token: object) -> frozenset[str]:
-    """The ``scope`` a token claims (not trusted: only to ask verification for it)."""
-    try:
-        payload = jwt.decode(str(token), options={"verify_signature": False})
-        return validate_scope(payload.get("scope") or [])
-    except (jwt.PyJWTError, ValueError, TypeError):
-        return frozenset({"audio"})  # verification will refuse it with the real reason
 
 
 def _request_keyframe(producer: Producer | None) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -29,7 +30,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from consent.tokens import ConsentClaims, ConsentInvalid
 from recorder.crypto import (
@@ -65,6 +66,7 @@ __all__ = [
     "RecordingInfo",
     "RecordingNotFound",
     "RecordingStore",
+    "hold_recordings_lock",
 ]
 
 RECORDINGS_DIR = "recordings"
@@ -347,8 +349,13 @@ class RecordingStore:
             if active is None:
                 raise RecordingNotFound(recording_id)
             for track in active.sink.tracks:
-                _consent_for([claims], room=active.info.room, subject=active.info.subject,
-                             kind=track.kind, at=at)
+                _consent_for(
+                    [claims],
+                    room=active.info.room,
+                    subject=active.info.subject,
+                    kind=track.kind,
+                    at=at,
+                )
             active.jtis = active.jtis | {claims.jti}
             active.sink.extend(claims.expires_at)
 
@@ -536,3 +543,20 @@ class RecordingStore:
             self._seal(info, state, time.time(), reason, info.tracks, digests, size)
             recovered.append(info.id)
         return recovered
+
+
+LOCK_FILE = "recordings.lock"
+
+
+def hold_recordings_lock(data_dir: Path, *, exclusive: bool = False) -> IO[bytes]:
+    """A lock on the data dir's recordings: servers share it, offline recovery needs it alone.
+
+    Raises BlockingIOError when ``exclusive`` and a server is running on this data dir.
+    """
+    handle = open(data_dir / LOCK_FILE, "ab")  # noqa: SIM115 - held for the process's life
+    try:
+        fcntl.flock(handle, (fcntl.LOCK_EX | fcntl.LOCK_NB) if exclusive else fcntl.LOCK_SH)
+    except BaseException:
+        handle.close()
+        raise
+    return handle

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from recorder.service import RecordingError, RecordingService
+from recorder.requests import RecordingError
+from recorder.service import RecordingService
 from signaling.messages import ProtocolError, optional, require
 
 if TYPE_CHECKING:

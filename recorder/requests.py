@@ -1,0 +1,72 @@
+"""A room's recording request and each person's answer to it (state, no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import jwt
+
+from consent.tokens import ConsentClaims, notice_digest, validate_scope
+from recorder.sink import RecordingSink, TrackFeed
+
+if TYPE_CHECKING:
+    from sfu.participant import Participant
+    from sfu.producer import Producer
+    from sfu.room import Room
+
+__all__ = ["Consent", "RecordingError", "RoomRecording", "unverified_scope"]
+
+
+class RecordingError(Exception):
+    """A request the recorder refuses; ``code`` is a protocol v1 error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(slots=True)
+class Consent:
+    """One participant's answer to the room's recording request, and what it records."""
+
+    participant: Participant
+    state: str = "pending"  # pending | granted | refused | withdrawn
+    claims: ConsentClaims | None = None
+    sink: RecordingSink | None = None
+    feeds: list[tuple[Producer, TrackFeed]] = field(default_factory=list)
+    recordings: list[str] = field(default_factory=list)
+    jtis: set[str] = field(default_factory=set)  # renewals change the jti; any names it
+
+    @property
+    def scope(self) -> list[str]:
+        return sorted(self.claims.scope) if self.claims and self.state == "granted" else []
+
+
+@dataclass(slots=True)
+class RoomRecording:
+    """The active recording request of one room."""
+
+    id: str
+    room: Room
+    scope: frozenset[str]
+    notice: str
+    requested_by: str  # participant id
+    consents: dict[str, Consent] = field(default_factory=dict)
+    # Answers by identity, so a reconnecting person is not asked again: a refusal stands,
+    # a still-valid consent resumes recording.
+    answers: dict[str, tuple[str, ConsentClaims | None]] = field(default_factory=dict)
+
+    @property
+    def notice_sha256(self) -> str:
+        return notice_digest(self.notice)
+
+
+def unverified_scope(token: object) -> frozenset[str]:
+    """The ``scope`` a token claims (not trusted: only to ask verification for it)."""
+    try:
+        payload = jwt.decode(str(token), options={"verify_signature": False})
+        return validate_scope(payload.get("scope") or [])
+    except (jwt.PyJWTError, ValueError, TypeError):
+        return frozenset({"audio"})  # verification will refuse it with the real reason
