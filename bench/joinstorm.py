@@ -12,7 +12,6 @@ the next packet on, whatever it is. The target's CPU over the storm is reported 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from bench.scenario import (
     JOIN_TIMEOUT_S,
     MEDIA_TIMEOUT_S,
     Clips,
-    close_peers,
+    finish_run,
     progress,
     publisher_tap_for,
 )
@@ -115,16 +114,7 @@ async def run_join_storm(
             bridge.restrict_host_addresses(target.host_addresses)
             await _storm(target, clips, rate, joins, settle_s, figures, lag, peers, tracks, tag)
     finally:
-        await lag.stop()
-        with target.network():
-            await close_peers(peers)
-        for track in tracks:
-            track.stop()
-        with contextlib.suppress(Exception):
-            await target.aclose()
-        code = await asyncio.to_thread(target.stop)
-        if code not in (0, None):
-            figures.warnings.append(f"the server exited with code {code}")
+        await finish_run(target, lag, peers, tracks, figures.warnings)
     return figures
 
 

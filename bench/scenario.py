@@ -300,18 +300,31 @@ async def run_layout(
             bridge.restrict_host_addresses(target.host_addresses)
             members = await _run_inside(target, layout, clips, options, figures, lag, tag)
     finally:
-        await lag.stop()
-        with target.network():
-            await close_peers([m.peer for m in members if m.peer is not None])
-        for member in members:
-            for track in member.tracks:
-                track.stop()
-        with contextlib.suppress(Exception):
-            await target.aclose()
-        code = await asyncio.to_thread(target.stop)
-        if code not in (0, None):
-            figures.warnings.append(f"the server exited with code {code}")
+        await finish_run(
+            target, lag, [m.peer for m in members if m.peer is not None],
+            [t for m in members for t in m.tracks], figures.warnings,
+        )  # fmt: skip
     return figures
+
+
+async def finish_run(
+    target: Target,
+    lag: LoopLagMonitor,
+    peers: list[Peer],
+    tracks: Sequence[MediaStreamTrack],
+    warnings: list[str],
+) -> None:
+    """End a run: stop the lag probe, leave, stop the media, stop the server by PID."""
+    await lag.stop()
+    with target.network():
+        await close_peers(peers)
+    for track in tracks:
+        track.stop()
+    with contextlib.suppress(Exception):
+        await target.aclose()
+    code = await asyncio.to_thread(target.stop)
+    if code not in (0, None):
+        warnings.append(f"the server exited with code {code}")
 
 
 async def _run_inside(
