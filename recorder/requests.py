@@ -32,7 +32,7 @@ class Consent:
     """One participant's answer to the room's recording request, and what it records."""
 
     participant: Participant
-    state: str = "pending"  # pending | granted | refused | withdrawn
+    state: str = "pending"  # pending | granted | refused | withdrawn | expired
     claims: ConsentClaims | None = None
     sink: RecordingSink | None = None
     feeds: list[tuple[Producer, TrackFeed]] = field(default_factory=list)

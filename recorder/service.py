@@ -485,9 +485,17 @@ class RecordingService:
 
     async def _renew(self, request: RoomRecording, consent: Consent) -> None:
         old = consent.claims
-        if old is None or consent.state != "granted" or consent.sink is None:
+        if old is None or consent.state != "granted":
             return
-        if old.expires_at - time.time() > RENEW_WITHIN_S:
+        if old.expires_at <= time.time():
+            # Renewal failed or the participant was away: the sink stopped itself at expiry.
+            await self._detach(request, consent, "consent expired", "system")
+            consent.state = "expired"
+            request.answers.pop(old.subject, None)
+            await self._log(request, "consent.expired", old.subject, "system", claims=old)
+            self._announce(request.room)
+            return
+        if consent.sink is None or old.expires_at - time.time() > RENEW_WITHIN_S:
             return
         token, _ = issue_consent_token(
             self.keys,

@@ -250,6 +250,9 @@ async def test_forged_and_mismatched_consent_is_refused(
             with pytest.raises(SignalError) as refused:
                 await customer.signal.request({"type": "consent.present", "token": token})
             assert refused.value.code == "consent_invalid", name
+        with pytest.raises(SignalError) as refused:
+            await customer.signal.request({"type": "consent.present"})
+        assert refused.value.code == "consent_invalid", "no token at all"
         await asyncio.sleep(0.5)
         assert _recordings(server, room) == [], "nothing recorded"
     finally:
