@@ -67,6 +67,7 @@ async def test_metrics_of_a_call(server: ServerProcess) -> None:
         # bob's video may have started from the cached keyframe (no PLI); after an unmute
         # nothing is replayed, so the server asks alice for a keyframe (counted below).
         video_id = next(i for i, t in alice.published.items() if t["kind"] == "video")
+        await asyncio.sleep(1.5)  # bob is forwarded to; any PLI of his start is > 500 ms old
         await alice.mute(video_id, True)
         await alice.mute(video_id, False)
         await asyncio.sleep(3.0)  # media flows, RTCP reports arrive, the loop-lag probe runs
