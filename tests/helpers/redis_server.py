@@ -20,9 +20,11 @@ def _free_tcp_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path) -> None:
+    """``port`` 0 picks a free one; a fixed port restarts a server where a client expects it."""
+
+    def __init__(self, workdir: Path, port: int = 0) -> None:
         self.workdir = workdir
-        self.port = 0
+        self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
 
     @staticmethod
@@ -38,7 +40,7 @@ class RedisServer:
         if binary is None:
             raise RuntimeError("redis-server is not installed")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_tcp_port()
+        self.port = self.port or _free_tcp_port()
         self.proc = subprocess.Popen(
             [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
              "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "yes"],

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from helpers.redis_server import RedisServer
 
 from consent.ledger import LedgerEntry, LedgerRecord, canonical_json
 from consent.ledger_redis import RedisLedger
@@ -20,67 +20,9 @@ from consent.revocation import RedisRevocationStore, RevocationUnavailable
 assert shutil.which("redis-server"), "redis-server is missing: scripts/test installs it"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """A throw-away redis-server process, stopped by its PID."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        self.process = None
-
-
 @pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     try:
         yield server
     finally:
@@ -128,8 +70,8 @@ async def test_revocation_expires_with_the_token(client: aioredis.Redis) -> None
     assert await store.is_revoked("old")
 
 
-async def test_redis_going_away_fails_closed_and_resubscribes() -> None:
-    first = RedisServer().start()
+async def test_redis_going_away_fails_closed_and_resubscribes(tmp_path: Path) -> None:
+    first = RedisServer(tmp_path / "first").start()
     restarted: RedisServer | None = None
     store = RedisRevocationStore.from_url(first.url, timeout_s=0.5)
     heard: asyncio.Queue[str | None] = asyncio.Queue()
@@ -143,7 +85,8 @@ async def test_redis_going_away_fails_closed_and_resubscribes() -> None:
             await store.is_revoked("a")
         with pytest.raises(RevocationUnavailable):
             await store.revoke("b", time.time() + 600)
-        restarted = RedisServer(first.port).start()  # back, empty: revocations were missed
+        # Back on the same port, but empty: the revocations were missed.
+        restarted = RedisServer(tmp_path / "again", first.port).start()
         # the listener reconnects and tells subscribers to re-check everything (None)
         assert await asyncio.wait_for(heard.get(), timeout=10) is None
     finally:
