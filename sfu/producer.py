@@ -124,6 +124,7 @@ class Producer:
         self._extension_map = extension_map
         self._identity_extensions = all(extension_map[i] == i for i in range(1, 256))
         self._codec_name = codec.name
+        self._video = kind == "video"
         self._on_close: list[Callable[[Producer], None]] = []
 
     def describe(self) -> dict[str, object]:
@@ -161,8 +162,11 @@ class Producer:
         self.cache.put(seq, packet)
         size = self.last_payload_size = len(packet) - offset
         self.octets += size
-        keyframe = is_keyframe_start(self._codec_name, memoryview(packet)[offset:])
-        if keyframe and self.kind == "video":
+        # Every audio packet can start a stream: only video payloads need looking at.
+        keyframe = not self._video or is_keyframe_start(
+            self._codec_name, memoryview(packet)[offset:]
+        )
+        if keyframe and self._video:
             self.last_keyframe_at = now
             self.keyframe_seq = seq
             self.keyframes += 1
