@@ -18,6 +18,7 @@ loudly instead of forwarding nothing.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ __all__ = [
     "TranscodingForbidden",
     "adopt_receiver",
     "adopt_sender",
+    "bind_ice_ports",
     "check_contract",
     "codec_instances",
     "dtls_transport",
@@ -82,6 +84,8 @@ PINNED_VERSIONS = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
 # throwaway peer connection by check_contract().
 _MODULE_NAMES: tuple[tuple[object, str], ...] = (
     (aioice.ice, "get_host_addresses"),
+    (aioice.ice, "asyncio"),  # bind_ice_ports swaps it for a proxy choosing the bind port
+    (aioice.ice.Connection, "get_component_candidates"),
     (aioice.ice, "StunProtocol"),
     (aioice.ice.StunProtocol, "datagram_received"),
     (aioice.ice.Connection, "data_received"),
@@ -170,6 +174,71 @@ def restrict_host_addresses(addresses: Sequence[str]) -> None:
         return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = host_addresses
+
+
+class _PortRangeLoop:
+    """The running loop, except that a UDP bind to port 0 takes a free port of the range."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ports: _PortCursor) -> None:
+        self._loop = loop
+        self._ports = ports
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+    async def create_datagram_endpoint(self, factory: Any, **kwargs: Any) -> Any:
+        local = kwargs.get("local_addr")
+        if local is None or local[1] != 0:
+            return await self._loop.create_datagram_endpoint(factory, **kwargs)
+        last: OSError | None = None
+        for port in self._ports.candidates():  # bounded: each port of the range once
+            try:
+                return await self._loop.create_datagram_endpoint(
+                    factory, **{**kwargs, "local_addr": (local[0], port)}
+                )
+            except OSError as exc:  # in use (another peer, another program): try the next
+                last = exc
+        raise OSError(f"no free UDP port in {self._ports.low}-{self._ports.high}") from last
+
+
+class _PortCursor:
+    """Hands out the ports of [low, high] round-robin, so a freed port is not reused at once."""
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+        self._next = low
+
+    def candidates(self) -> list[int]:
+        start = self._next
+        span = self.high - self.low + 1
+        ports = [self.low + (start - self.low + i) % span for i in range(span)]
+        self._next = ports[1] if span > 1 else start
+        return ports
+
+
+class _AsyncioWithPortRange:
+    """``asyncio`` as aioice.ice sees it: the same module, with a port-choosing loop."""
+
+    def __init__(self, ports: _PortCursor) -> None:
+        self._ports = ports
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    def get_running_loop(self) -> Any:
+        return _PortRangeLoop(asyncio.get_running_loop(), self._ports)
+
+
+def bind_ice_ports(low: int, high: int) -> None:
+    """Make aioice bind ICE host candidates on UDP ports in [low, high] only.
+
+    aioice binds every host candidate to port 0 (any port); a firewall, or several workers
+    on one machine, need a known range. aioice looks the loop up through its module's
+    ``asyncio`` name, so that name gets a proxy whose loop picks the port.
+    """
+    if not 0 < low <= high <= 65535:
+        raise ValueError(f"invalid UDP port range {low}-{high}")
+    setattr(aioice.ice, "asyncio", _AsyncioWithPortRange(_PortCursor(low, high)))  # noqa: B010
 
 
 _codec_requests = {"decoders": 0, "encoders": 0}
