@@ -123,4 +123,3 @@ def main() -> int:
 
     structlog.contextvars.bind_contextvars(worker=spec.worker_id)
     return server_main.run_worker(spec)
-

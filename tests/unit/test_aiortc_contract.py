@@ -228,7 +228,7 @@ async def test_restricted_addresses_are_what_aioice_gathers(
 
 async def test_bound_ice_ports_are_what_aioice_binds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)
-    monkeypatch.setattr(aioice.ice, "asyncio", aioice.ice.asyncio)
+    monkeypatch.setattr(aioice.ice, "asyncio", aioice.ice.asyncio)  # type: ignore[attr-defined]
     restrict_host_addresses(["127.0.0.1"])
     bind_ice_ports(43310, 43312)
     blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
