@@ -166,11 +166,27 @@ class SfuServer:
             ttl_s=600,
         )
 
+    def _pids(self) -> list[int]:
+        """The server and, with ``SFU_WORKERS``/``--workers``, its worker processes."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        try:
+            return [self.pid, *(int(pid) for pid in children.read_text().split())]
+        except OSError:
+            return [self.pid]
+
     def cpu_seconds(self) -> float:
-        return read_cpu_seconds(self.pid)
+        total = 0.0
+        for pid in self._pids():
+            with contextlib.suppress(OSError):  # a worker that just exited
+                total += read_cpu_seconds(pid)
+        return total
 
     def rss_bytes(self) -> int:
-        return read_rss_bytes(self.pid)
+        total = 0
+        for pid in self._pids():
+            with contextlib.suppress(OSError):
+                total += read_rss_bytes(pid)
+        return total
 
     def wakeups(self) -> int | None:
         return read_voluntary_switches(self.pid)
@@ -178,7 +194,9 @@ class SfuServer:
     @property
     def description(self) -> str:
         pinned = f"pinned to CPU {self.cpu}" if self.cpu is not None else "not pinned"
-        return f"oktorus-sfu, one worker process (event loop), {pinned}, on 127.0.0.1"
+        workers = len(self._pids()) - 1 if self._proc is not None else 0
+        process = f"{workers} worker processes" if workers else "one worker process (event loop)"
+        return f"oktorus-sfu, {process}, {pinned}, on 127.0.0.1"
 
     @property
     def host_addresses(self) -> list[str]:
