@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -215,3 +216,29 @@ async def test_killed_worker_restarts_and_other_calls_never_notice(
     rejoined = await _call(server, doomed_room, calls)  # its clients can rejoin
     assert await _still_decoding(rejoined) >= 10
     assert await _still_decoding(safe) >= 10
+
+
+async def test_http_api_and_pages_are_served_through_the_supervisor(server: ServerProcess) -> None:
+    def post_session() -> tuple[int, dict[str, Any]]:
+        request = urllib.request.Request(
+            server.http + "/v1/sessions", data=b'{"customer": "Zoe"}', method="POST"
+        )
+        request.add_header("Authorization", f"Bearer {server.token('x', 'agent', role='agent')}")
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+
+    status, body = await asyncio.to_thread(post_session)
+    assert status == 201
+    assert body["join_url"].startswith(server.http + "/join?token=")  # the public origin
+    customer = await join(server.url, body["customer_token"])  # the token works on any worker
+    try:
+        assert customer.room == body["room"]
+    finally:
+        await customer.close()
+    with urllib.request.urlopen(server.http + "/join", timeout=10) as response:
+        assert response.status == 200 and b"<html" in response.read().lower()
+    assert (await asyncio.to_thread(_get, server, "/healthz"))["status"] == "ok"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        await asyncio.to_thread(_get, server, "/v1/rooms", server.token("x", "nobody"))
+    assert refused.value.code == 403
