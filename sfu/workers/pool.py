@@ -27,7 +27,7 @@ from sfu.settings import Settings
 from sfu.workers.placement import WorkerLoad
 from sfu.workers.worker import LOAD_PATH, WorkerSpec, encode_spec, split_port_range
 
-__all__ = ["MAX_RESTARTS", "RESTART_WINDOW_S", "WorkerPool", "WorkerSlot"]
+__all__ = ["MAX_RESTARTS", "RESTART_WINDOW_S", "WorkerPool", "WorkerSlot", "WorkerStartError"]
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +38,11 @@ BACKOFF_MAX_S = 8.0
 START_TIMEOUT_S = 30.0
 LOAD_INTERVAL_S = 1.0
 LOAD_TIMEOUT_S = 2.0
+STALE_AFTER_S = 5.0  # no load report for this long: a hung worker gets no new rooms
+
+
+class WorkerStartError(RuntimeError):
+    """Not one worker process came up."""
 
 
 @dataclass(eq=False)
@@ -54,6 +59,7 @@ class WorkerSlot:
     placed_since_report: int = 0
     restarts: deque[float] = field(default_factory=deque)
     given_up: bool = False
+    reported_at: float = 0.0
     _cpu_mark: tuple[float, float] | None = None
 
     @property
@@ -68,7 +74,9 @@ class WorkerSlot:
         report = self.report
         return WorkerLoad(
             worker=self.id,
-            ready=self.ready and not report.get("draining", False),
+            ready=self.ready
+            and not report.get("draining", False)
+            and time.monotonic() - self.reported_at < STALE_AFTER_S,
             participants=int(report.get("participants", 0)),
             tracks_in=int(report.get("tracks_in", 0)),
             tracks_out=int(report.get("tracks_out", 0)),
@@ -89,6 +97,7 @@ class WorkerSlot:
             )
         self._cpu_mark = (cpu, now)
         self.report = report
+        self.reported_at = now
         self.placed_since_report = 0
 
 
@@ -126,7 +135,7 @@ class WorkerPool:
     async def start(self) -> None:
         await asyncio.gather(*(self._spawn(slot) for slot in self.slots))
         if not self.ready():
-            raise RuntimeError("no worker process started (see the log above)")
+            raise WorkerStartError("no worker process started (see the log above)")
         self._spawn_task(self._poll_loads(), "worker-loads")
 
     def _spawn_task(self, coro: Any, name: str) -> None:

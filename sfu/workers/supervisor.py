@@ -36,7 +36,7 @@ from sfu.settings import Settings
 from sfu.tokens import TokenError
 from sfu.workers.metrics_merge import merge_metrics
 from sfu.workers.placement import LocalNode, NodePlacement, choose_worker
-from sfu.workers.pool import WorkerPool, WorkerSlot
+from sfu.workers.pool import WorkerPool, WorkerSlot, WorkerStartError
 from sfu.workers.proxy import proxy_request
 from sfu.workers.relay import relay
 from signaling.access import verify_access_token
@@ -350,7 +350,11 @@ async def supervise(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, signals.put_nowait, sig)
     try:
-        await pool.start()
+        try:
+            await pool.start()
+        except WorkerStartError as exc:
+            log.error("workers_failed", error=str(exc))
+            return 1
         await runner.setup()
         site = web.TCPSite(
             runner,

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from sfu.cli import build_parser
 from sfu.settings import Settings, SettingsError, usable_cores
+from sfu.workers import pool as pool_module
 from sfu.workers.metrics_merge import merge_metrics
 from sfu.workers.placement import WorkerLoad, choose_worker, load_score
+from sfu.workers.pool import WorkerSlot
 from sfu.workers.supervisor import Homes
-from sfu.workers.worker import split_port_range
+from sfu.workers.worker import WorkerSpec, split_port_range
 
 # --- placement ----------------------------------------------------------------------------
 
@@ -129,3 +133,39 @@ def test_metrics_of_workers_merge_by_family() -> None:
 def test_metrics_merge_tolerates_an_empty_or_garbled_worker() -> None:
     merged = merge_metrics([WORKER_0, "", "garbage line here\n"])
     assert 'sfu_participants{worker="0"} 2.0' in merged.splitlines()
+
+
+# --- worker slots -------------------------------------------------------------------------
+
+
+def _slot() -> WorkerSlot:
+    return WorkerSlot(WorkerSpec(settings=Settings(), worker_id="3", socket_path="/nowhere"))
+
+
+def test_slot_turns_reports_into_load_and_cpu_percent(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    slot = _slot()
+    slot.ready = True
+    slot.placed_since_report = 2
+    slot.take_report({"cpu_s": 10.0, "participants": 3, "tracks_in": 1, "tracks_out": 2})
+    clock[0] = 102.0
+    slot.take_report(
+        {"cpu_s": 11.0, "participants": 3, "tracks_in": 1, "tracks_out": 2, "rooms": {"r": 3}}
+    )
+    load = slot.load()
+    assert load == WorkerLoad("3", participants=3, tracks_in=1, tracks_out=2, cpu_percent=50.0)
+    assert slot.rooms() == {"r": 3}
+
+
+def test_a_silent_or_draining_worker_gets_no_new_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    slot = _slot()
+    slot.ready = True
+    slot.take_report({"cpu_s": 1.0})
+    assert slot.load().ready
+    clock[0] += pool_module.STALE_AFTER_S + 1
+    assert not slot.load().ready  # hung: no report for too long
+    slot.take_report({"cpu_s": 1.0, "draining": True})
+    assert not slot.load().ready
