@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from helpers.probe import probe
 from helpers.server import ServerProcess
-
 from integration.test_consent_recording import _cli, _record
 
 pytestmark = pytest.mark.integration
