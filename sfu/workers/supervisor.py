@@ -15,7 +15,6 @@ to a ready worker, since all of them share the data dir.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import shutil
 import signal
@@ -48,7 +47,6 @@ __all__ = ["Homes", "Supervisor", "supervise"]
 
 log = structlog.get_logger(__name__)
 
-FIRST_FRAME_TIMEOUT_S = 60.0
 METRICS_TIMEOUT_S = 5.0
 
 
@@ -183,10 +181,7 @@ async def signal_handler(request: web.Request) -> web.StreamResponse:
     sup.clients.add(ws)
     room: str | None = None
     try:
-        try:
-            first = await ws.receive(timeout=FIRST_FRAME_TIMEOUT_S)
-        except TimeoutError:
-            return ws
+        first = await ws.receive()  # as with one process: no deadline, heartbeats
         if first.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
             return ws
         room = sup.room_of(first)
@@ -198,10 +193,7 @@ async def signal_handler(request: web.Request) -> web.StreamResponse:
                 return ws
         slot = sup.home_of(room) if room is not None else sup.any_worker()
         if slot is None or slot.session is None:
-            await ws.send_json(
-                {"type": "error", "code": "internal", "message": "no worker is available"}
-            )
-            await ws.close(code=1011)
+            await _no_worker(ws, first)
             return ws
         await relay(ws, slot.session, first, forwarded_proto=request.scheme)
     finally:
@@ -211,13 +203,33 @@ async def signal_handler(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+def _request_id(first: aiohttp.WSMessage) -> str | None:
+    try:
+        return parse_frame(first.data)[1] if first.type == WSMsgType.TEXT else None
+    except ProtocolError as exc:
+        return exc.request_id
+
+
+async def _no_worker(ws: web.WebSocketResponse, first: aiohttp.WSMessage) -> None:
+    """Every worker is down or restarting: ``internal``, try again shortly."""
+    message: dict[str, object] = {
+        "type": "error",
+        "code": "internal",
+        "message": "no worker process is available: join again shortly",
+    }
+    request_id = _request_id(first)
+    if request_id is not None:
+        message["id"] = request_id
+    await ws.send_json(message)
+    await ws.close(code=1011)
+
+
 async def _redirect(ws: web.WebSocketResponse, first: aiohttp.WSMessage, url: str) -> None:
     """protocol v1 ``redirect``: the room lives on another node (cluster seam)."""
     message: dict[str, object] = {"type": "redirect", "url": url}
-    with contextlib.suppress(ProtocolError):
-        _, request_id = parse_frame(first.data)
-        if request_id is not None:
-            message["id"] = request_id
+    request_id = _request_id(first)
+    if request_id is not None:
+        message["id"] = request_id
     await ws.send_json(message)
     await ws.close(code=1000)
 
