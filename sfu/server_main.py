@@ -12,16 +12,13 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from recorder.service import RecordingService
-from sfu import aiortc_bridge as bridge
 from sfu.drain import Drain
 from sfu.keys import KeyStore
-from sfu.server import Server
 from sfu.settings import Settings
 from sfu.tls import ReloadingTls, self_signed
-from signaling.app import create_app
 
 if TYPE_CHECKING:
+    from sfu.server import Server
     from sfu.workers.worker import WorkerSpec
 
 __all__ = ["run", "run_worker"]
@@ -76,6 +73,13 @@ def _tls(settings: Settings) -> ReloadingTls | None:
 
 
 async def _serve(settings: Settings, *, worker: WorkerSpec | None = None) -> int:
+    # The media stack is imported here, not at module level: a workers' supervisor never
+    # loads it, and starts (and restarts) its workers sooner.
+    from recorder.service import RecordingService
+    from sfu import aiortc_bridge as bridge
+    from sfu.server import Server
+    from signaling.app import create_app
+
     await bridge.check_contract()
     bridge.restrict_host_addresses(settings.ice_hosts)
     bridge.forbid_transcoding()

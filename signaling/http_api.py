@@ -17,12 +17,14 @@ import json
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+if TYPE_CHECKING:  # the workers' supervisor imports this module without the media stack
+    from sfu.server import Server
+
 from sfu.keys import KeyStore
-from sfu.server import Server
 from sfu.settings import Settings
 from sfu.tokens import TokenError
 from signaling.access import (

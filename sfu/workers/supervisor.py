@@ -27,8 +27,6 @@ import aiohttp
 import structlog
 from aiohttp import WSMsgType, web
 
-from recorder.crypto import load_master_key
-from recorder.store import RecordingStore, hold_recordings_lock
 from sfu.drain import FAST_DEADLINE_S
 from sfu.keys import KeyStore
 from sfu.settings import Settings
@@ -39,9 +37,8 @@ from sfu.workers.pool import WorkerPool, WorkerSlot, WorkerStartError
 from sfu.workers.proxy import proxy_request
 from sfu.workers.relay import relay
 from signaling.access import verify_access_token
-from signaling.app import HARD_FRAME_LIMIT
 from signaling.http_api import node_name, rooms_response
-from signaling.messages import ProtocolError, parse_frame
+from signaling.messages import MAX_FRAME_BYTES, ProtocolError, parse_frame
 
 __all__ = ["Homes", "Supervisor", "supervise"]
 
@@ -159,6 +156,7 @@ class Supervisor:
 
 
 SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor")
+HARD_FRAME_LIMIT = 4 * MAX_FRAME_BYTES  # as signaling.app: larger frames are cut with 1009
 
 
 # --- HTTP handlers ------------------------------------------------------------------------
@@ -336,6 +334,9 @@ def create_supervisor_app(sup: Supervisor) -> web.Application:
 
 def recover_recordings(settings: Settings, keys: KeyStore) -> None:
     """Seal what a killed process left recording; only here, before any worker records."""
+    from recorder.crypto import load_master_key
+    from recorder.store import RecordingStore, hold_recordings_lock
+
     lock = hold_recordings_lock(settings.data_dir)
     try:
         store = RecordingStore(settings.data_dir, load_master_key(settings.data_dir), keys)
@@ -348,13 +349,22 @@ def recover_recordings(settings: Settings, keys: KeyStore) -> None:
 
 async def supervise(settings: Settings) -> int:
     """Run the supervisor until SIGTERM/SIGINT has drained the workers."""
-    from sfu.server_main import _tls
-
     keys = KeyStore.open(settings.data_dir)  # created here once, before workers race for it
-    await asyncio.to_thread(recover_recordings, settings, keys)
-    tls = _tls(settings)
     socket_dir = Path(tempfile.mkdtemp(prefix="oktorus-sfu-"))
     pool = WorkerPool(settings, socket_dir, settings.workers)
+    # Workers start (and import the media stack) while recovery runs: no worker can record
+    # before this process listens, which is after both.
+    starting = asyncio.get_running_loop().create_task(pool.start())
+    try:
+        await asyncio.to_thread(recover_recordings, settings, keys)
+        from sfu.server_main import _tls
+
+        tls = _tls(settings)
+    except BaseException:
+        starting.cancel()
+        await pool.stop(timeout_s=5.0)
+        shutil.rmtree(socket_dir, ignore_errors=True)
+        raise
     sup = Supervisor(settings, keys, pool)
     runner = web.AppRunner(create_supervisor_app(sup), access_log=None, handle_signals=False)
     loop = asyncio.get_running_loop()
@@ -363,7 +373,7 @@ async def supervise(settings: Settings) -> int:
         loop.add_signal_handler(sig, signals.put_nowait, sig)
     try:
         try:
-            await pool.start()
+            await starting
         except WorkerStartError as exc:
             log.error("workers_failed", error=str(exc))
             return 1

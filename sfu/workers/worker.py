@@ -15,12 +15,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from sfu.server import Server
 from sfu.settings import Settings
+
+if TYPE_CHECKING:  # the supervisor imports this module without the media stack
+    from sfu.server import Server
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
