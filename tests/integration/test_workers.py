@@ -26,6 +26,7 @@ import pytest_asyncio
 from helpers.calls import CallResult, join, timed_call
 from helpers.media import collect, read_frame_counter
 from helpers.server import ServerProcess
+from prometheus_client.parser import text_string_to_metric_families
 
 from signaling.client import SignalClient
 
@@ -167,6 +168,11 @@ async def test_metrics_merge_every_worker(server: ServerProcess, calls: list[Cal
     )
     assert participants >= 2
     assert text.count("# TYPE sfu_participants gauge") == 1  # one family, both workers in it
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    up = {sample.labels["worker"]: sample.value for sample in families["sfu_worker_up"].samples}
+    assert up == {"0": 1.0, "1": 1.0}  # the merged text is valid Prometheus exposition
+    lag = families["sfu_event_loop_lag_seconds"]
+    assert {s.labels["worker"] for s in lag.samples if s.name.endswith("_count")} == {"0", "1"}
 
 
 async def test_protocol_errors_pass_through_the_relay(server: ServerProcess) -> None:
