@@ -32,8 +32,9 @@ from signaling.client import SignalClient
 
 pytestmark = pytest.mark.integration
 
-PORTS = (42000, 42199)
-WORKER_PORTS = {"0": (42000, 42099), "1": (42100, 42199)}
+# Above the kernel's ephemeral range (32768-60999 here): no other socket lands in it by chance.
+PORTS = (61400, 61599)
+WORKER_PORTS = {"0": (61400, 61499), "1": (61500, 61599)}
 T = 20.0
 
 

@@ -230,15 +230,15 @@ async def test_bound_ice_ports_are_what_aioice_binds(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)
     monkeypatch.setattr(aioice.ice, "asyncio", aioice.ice.asyncio)  # type: ignore[attr-defined]
     restrict_host_addresses(["127.0.0.1"])
-    bind_ice_ports(43310, 43312)
+    bind_ice_ports(61310, 61312)
     blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    blocker.bind(("127.0.0.1", 43310))  # taken by someone else: skipped, not fatal
+    blocker.bind(("127.0.0.1", 61310))  # taken by someone else: skipped, not fatal
     connections = [aioice.Connection(ice_controlling=True, use_ipv6=False) for _ in range(3)]
     try:
         for connection in connections[:2]:
             await connection.gather_candidates()
         ports = [c.port for conn in connections[:2] for c in conn.local_candidates]
-        assert sorted(ports) == [43311, 43312]
+        assert sorted(ports) == [61311, 61312]
         await connections[2].gather_candidates()  # the range is full: no candidate, no crash
         assert connections[2].local_candidates == []
     finally:
