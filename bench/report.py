@@ -122,6 +122,18 @@ def _client_row(run: RunFigures) -> str:
     )
 
 
+def _process_rows(run: RunFigures) -> list[str]:
+    rows = []
+    for p in run.generator_processes:
+        lag = p.lag_ms
+        lag_text = f"{lag['p50']:.1f} / {lag['p99']:.1f} / {lag['max']:.1f}" if lag else "-"
+        rows.append(
+            f"| {run.target} | {run.label} | {p.name} | {p.pid} | {p.members} "
+            f"| {p.cpu_share * 100:.1f} | {lag_text} | {p.udp_drops} |"
+        )
+    return rows
+
+
 _TITLES = {
     "fanout": "fanout: 1 publisher (VP8 + Opus) → N subscribers",
     "meeting": "meeting: N participants, each publishing VP8 + Opus and receiving the others",
@@ -169,6 +181,21 @@ def scenario_markdown(result: ScenarioResult, command: str, env: dict[str, Any])
         *(_client_row(run) for run in result.runs),
         "",
     ]
+    processes = [row for run in result.runs for row in _process_rows(run)]
+    if processes:
+        lines += [
+            "Generator processes (`--generators`): a run is generator-limited when any one "
+            "of them was above its CPU or loop-lag limit.",
+            "",
+            "| target | size | process | pid | members | CPU % | loop lag p50 / p99 / max ms "
+            "| UDP drops |",
+            "|---|---|---|---:|---:|---:|---:|---:|",
+            *processes,
+            "",
+        ]
+    limited = [f"{r.target} {r.label}" for r in result.runs if r.generator_limited]
+    if limited:
+        lines += [f"**generator-limited runs**: {', '.join(limited)}", ""]
     for target in result.targets():
         marginal = result.marginal(target)
         if marginal is not None:
