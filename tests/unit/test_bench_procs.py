@@ -78,7 +78,7 @@ def _pool_with(replies: list[list[dict[str, Any]]]) -> GeneratorPool:
     """A pool whose workers answer successive polls with ``replies[round][worker]``."""
     pool = GeneratorPool(len(replies[0]))
     rounds = iter(replies)
-    pool._children = [_FakeChild() for _ in replies[0]]  # type: ignore[list-item]
+    pool._children = [_FakeChild() for _ in replies[0]]  # type: ignore[misc]
     current: list[dict[str, Any]] = []
 
     async def request(child: Any, op: str, **fields: Any) -> dict[str, Any]:
