@@ -18,6 +18,7 @@ loudly instead of forwarding nothing.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from pylibsrtp._binding import ffi, lib
 __all__ = [
     "PINNED_VERSIONS",
     "ContractError",
+    "DatagramDelay",
     "DatagramHandler",
     "FastSrtp",
     "ForwardingReceiver",
@@ -488,6 +490,8 @@ def tap_received_rtp(pc: RTCPeerConnection, tap: RtpTap, *, swallow: bool = Fals
 
 
 DatagramFilter = Callable[[bytes], bool]
+DatagramDelay = Callable[[bytes], float | None]
+"""Seconds to hold a datagram before it goes on (0: now), or None to drop it."""
 
 
 def impair_datagrams(
@@ -495,27 +499,81 @@ def impair_datagrams(
     *,
     drop_outgoing: DatagramFilter | None = None,
     drop_incoming: DatagramFilter | None = None,
-) -> None:
-    """Drop datagrams below SRTP on an aiortc peer's ICE sockets (user-space impairment).
+    outgoing: DatagramDelay | None = None,
+    incoming: DatagramDelay | None = None,
+) -> int:
+    """Impair datagrams below SRTP on an aiortc peer's ICE sockets (user-space netem).
 
-    This kernel has no netem; tests and the bench impair links here instead. Each
-    filter sees the raw datagram and returns True to drop it.
+    This kernel has no netem; tests and the bench impair links here instead. A
+    ``drop_*`` filter sees the raw datagram and returns True to drop it; ``outgoing`` /
+    ``incoming`` return a delay (held with ``loop.call_later``) or None to drop it (see
+    ``signaling.client.impair``). Applies to the sockets gathered so far; returns how
+    many were impaired.
     """
-    dtls = dtls_transport(pc)
-    if drop_incoming is not None:
-        incoming = drop_incoming
-        install_datagram_hook(dtls, lambda data, addr, via: incoming(data))
     if drop_outgoing is not None:
-        outgoing = drop_outgoing
-        for protocol in dtls.transport._connection._protocols:
+        outgoing = _as_delay(drop_outgoing)
+    if drop_incoming is not None:
+        incoming = _as_delay(drop_incoming)
+    dtls = dtls_transport(pc)
+    loop = asyncio.get_running_loop()
+    impaired = 0
+    for protocol in dtls.transport._connection._protocols:
+        impaired += 1
+        if incoming is not None:
+            received = protocol.datagram_received
+
+            def on_datagram(
+                data: bytes,
+                addr: Any,
+                _received: Any = received,
+                _decide: Any = incoming,
+                _protocol: Any = protocol,
+            ) -> None:
+                hold = _decide(data)
+                if hold is None:
+                    return
+                if hold > 0:
+                    loop.call_later(hold, _receive_unless_closed, _protocol, _received, data, addr)
+                else:
+                    _received(data, addr)
+
+            protocol.datagram_received = on_datagram
+        if outgoing is not None:
             transport = protocol.transport
             send = transport.sendto
 
-            def sendto(data: bytes, addr: Any = None, _send: Any = send) -> None:
-                if not outgoing(data):
+            def sendto(
+                data: bytes,
+                addr: Any = None,
+                _send: Any = send,
+                _decide: Any = outgoing,
+                _transport: Any = transport,
+            ) -> None:
+                hold = _decide(data)
+                if hold is None:
+                    return
+                if hold > 0:
+                    loop.call_later(hold, _send_unless_closed, _transport, _send, data, addr)
+                else:
                     _send(data, addr)
 
             transport.sendto = sendto
+    return impaired
+
+
+def _as_delay(drop: DatagramFilter) -> DatagramDelay:
+    return lambda data: None if drop(data) else 0.0
+
+
+def _receive_unless_closed(protocol: Any, receive: Any, data: bytes, addr: Any) -> None:
+    transport = protocol.transport
+    if transport is not None and not transport.is_closing():
+        receive(data, addr)
+
+
+def _send_unless_closed(transport: Any, send: Any, data: bytes, addr: Any) -> None:
+    if not transport.is_closing():
+        send(data, addr)
 
 
 def on_keyframe_request(sender: Any, callback: Callable[[], None]) -> None:
