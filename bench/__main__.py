@@ -29,6 +29,7 @@ from bench.fanout import (
     meeting_layout,
     run_sizes,
 )
+from bench.impairments import LinkRule, parse_rule
 from bench.joinstorm import JoinStormFigures, run_join_storm
 from bench.media import encode_audio_clip, encode_video_clip
 from bench.report import (
@@ -139,7 +140,21 @@ def _generators(text: str) -> int:
     return _int_in(1, MAX_GENERATORS)(text)
 
 
+def _impair_rule(text: str) -> LinkRule:
+    try:
+        return parse_rule(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _generators_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--impair", type=_impair_rule, action="append", default=[],
+        metavar="GROUP[.send|.receive]:SPEC",
+        help="impair a client group's links below SRTP, e.g. subscribers:loss=5 or "
+        "publishers.send:delay=40,jitter=10 (GROUP: publishers, subscribers, all; SPEC keys: "
+        "loss, burst, delay, jitter, reorder, rate, queue, seed); repeatable",
+    )
     parser.add_argument(
         "--generators", type=_generators, default=1, metavar="N|auto",
         help="generator processes: 1 (default) runs every peer in this process; N > 1 "
@@ -344,6 +359,7 @@ def _run_layouts(
     options = RunOptions(
         duration_s=args.duration, warmup_s=args.warmup, probes=probes,
         generators=getattr(args, "generators", 1),
+        impair=tuple(getattr(args, "impair", ())),
     )
     result, loop_name = _run_loop(
         run_sizes(scenario, layouts, factories, clips, options, unavailable)

@@ -28,6 +28,7 @@ from bench.latency import Arrivals, PublisherTap
 from bench.monitor import ProcessCpu
 from bench.procfs import drops_between, read_udp_drops
 from bench.procs import Records, decode_records
+from signaling.client.impair import Impairment
 
 __all__ = ["GeneratorPool", "RemoteJoin", "WorkerError"]
 
@@ -128,6 +129,7 @@ class GeneratorPool:
         subscribe: bool,
         arrivals: Arrivals | None,
         timeout: float,
+        impair: tuple[Impairment | None, Impairment | None] = (None, None),
     ) -> RemoteJoin:
         """Join ``member`` in its process; its received packets go to ``arrivals``."""
         child = self._children[self.worker_of(member)]
@@ -146,6 +148,7 @@ class GeneratorPool:
             audio_clip=audio_clip,
             subscribe=subscribe,
             timeout=timeout,
+            impair=[None if i is None else i.describe() for i in impair],
         )
         return RemoteJoin(
             float(reply["join_started"]), set(reply["video_pts"]), set(reply["audio_pts"])

@@ -161,6 +161,12 @@ def scenario_markdown(result: ScenarioResult, command: str, env: dict[str, Any])
         f"aiortc {env['aiortc']}, generator loop {env['generator_loop']} on CPU(s) "
         f"{','.join(map(str, env.get('generator_cpus', []))) or 'any'}, git {env['git']}",
     ]
+    if options.impair:
+        lines.append(
+            "- impaired links (below SRTP, seeded; the bench's subscribers do not NACK, so "
+            "loss is after the server's repair of the publisher's link only): "
+            + "; ".join(f"`{rule.describe()}`" for rule in options.impair)
+        )
     for name, description in result.descriptions.items():
         lines.append(f"- target `{name}`: {description}")
     for name, reason in result.unavailable.items():
@@ -224,6 +230,8 @@ def scenario_json(result: ScenarioResult, command: str, env: dict[str, Any]) -> 
             "duration_s": result.options.duration_s,
             "warmup_s": result.options.warmup_s,
             "probes": result.options.probes,
+            "generators": result.options.generators,
+            "impair": [rule.describe() for rule in result.options.impair],
         },
         "media": {
             "video": {

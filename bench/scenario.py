@@ -30,6 +30,7 @@ from typing import Any
 
 from aiortc import MediaStreamTrack, RTCPeerConnection
 
+from bench.impairments import LinkRule, impairments_for
 from bench.latency import Arrivals, SendLedger, media_payload_types
 from bench.media import EncodedClip, ReplayTrack, forward_keyframe_requests
 from bench.monitor import LoopLagMonitor, ProcessCpu
@@ -47,6 +48,7 @@ from bench.server import SfuServer, grants_for
 from bench.stats import percentile
 from bench.target import PacketCounters, Peer, Target
 from sfu import aiortc_bridge as bridge
+from signaling.client.impair import Impairment
 
 __all__ = [
     "Clips",
@@ -139,6 +141,8 @@ class RunOptions:
     """Generator processes: 1 = everything in this process; N > 1 = the members are
     spread over N worker processes (:mod:`bench.pool`), this one only coordinates;
     0 = auto (:func:`plan_generators`)."""
+    impair: tuple[LinkRule, ...] = ()
+    """Impaired links per client group (``--impair``, :mod:`bench.impairments`)."""
 
 
 @dataclass(slots=True)
@@ -178,6 +182,8 @@ class RunFigures:
     publisher_keyframe_requests: int = 0
     generator_processes: list[ProcessFigures] = field(default_factory=list)
     """Per generator process (the coordinator first), when there are worker processes."""
+    impaired: bool = False
+    """Some links were impaired on purpose (``--impair``): loss and count gaps expected."""
     generators_planned: int = 1
     generator_limited: bool = False
     """Some generator process, not the server, may have been the limit of this run."""
@@ -337,6 +343,8 @@ class _Member:
     arrivals: Arrivals | None = None
     join_started: float = 0.0
     tracks: list[ReplayTrack] = field(default_factory=list)
+    impair: tuple[Impairment | None, Impairment | None] = (None, None)
+    """(send, receive) impairment of this member's links."""
 
 
 async def run_layout(
@@ -361,6 +369,7 @@ async def run_layout(
     members: list[_Member] = []
     pool: GeneratorPool | None = None
     generators = options.generators or plan_generators(layout, clips, getattr(target, "cpu", None))
+    figures.impaired = bool(options.impair)
     figures.generators_planned = generators
     if generators > 1 and not isinstance(target, SfuServer):
         figures.warnings.append(
@@ -422,6 +431,10 @@ async def _run_inside(
     for index, (room, specs) in enumerate(zip(room_names, layout.rooms, strict=True)):
         await target.open_room(room, sum(s.publishes for s in specs))
         members += [_Member(spec, index) for spec in specs]
+    for number, member in enumerate(members):
+        member.impair = impairments_for(
+            options.impair, number, member.spec.publishes, member.spec.subscribe
+        )
 
     publishers = [m for m in members if m.spec.publishes]
     progress(f"{tag}: {len(publishers)} publisher(s) joining")
@@ -584,6 +597,8 @@ async def _join_publisher(
         subscribe=member.spec.subscribe,
         tap=member.arrivals,
         timeout=JOIN_TIMEOUT_S,
+        impair_send=member.impair[0],
+        impair_receive=member.impair[1],
     )
     member.peer = peer
     pc = peer.publish_pc
@@ -621,6 +636,7 @@ async def _join_remote(
         subscribe=spec.subscribe,
         arrivals=member.arrivals,
         timeout=JOIN_TIMEOUT_S,
+        impair=member.impair,
     )
     member.join_started = joined.join_started
     if spec.publishes:
@@ -638,6 +654,8 @@ async def _join_receiver(target: Target, room: str, member: _Member, ledger: Sen
         subscribe=True,
         tap=member.arrivals,
         timeout=JOIN_TIMEOUT_S,
+        impair_send=member.impair[0],
+        impair_receive=member.impair[1],
     )
 
 
@@ -847,7 +865,7 @@ def _check(figures: RunFigures) -> None:
             "latency figures include the generator's own delay"
         )
     ratio = figures.counted_ratio
-    if ratio is not None and abs(ratio - 1.0) > COUNT_MISMATCH_LIMIT:
+    if ratio is not None and abs(ratio - 1.0) > COUNT_MISMATCH_LIMIT and not figures.impaired:
         figures.warnings.append(
             f"subscribers counted {figures.subscriber_packets} packets, the server reports "
             f"{figures.forwarded_packets} sent ({ratio:.1%})"

@@ -33,6 +33,7 @@ from bench.target import PacketCounters, Peer, RtpTap, install_subscriber_tap
 from sfu.keys import KeyStore
 from signaling.access import issue_access_token
 from signaling.client import Participant
+from signaling.client.impair import Impairment
 
 __all__ = ["OktorusPeer", "SfuServer", "grants_for", "join_oktorus"]
 
@@ -224,6 +225,8 @@ class SfuServer:
         tap: RtpTap | None = None,
         swallow: bool = True,
         timeout: float = JOIN_TIMEOUT_S,
+        impair_send: Impairment | None = None,
+        impair_receive: Impairment | None = None,
     ) -> Peer:
         token = self.token(room, identity, grants_for(bool(tracks), subscribe))
         return await join_oktorus(
@@ -235,6 +238,8 @@ class SfuServer:
             tap=tap,
             swallow=swallow,
             timeout=timeout,
+            impair_send=impair_send,
+            impair_receive=impair_receive,
         )
 
     async def metrics(self) -> dict[str, float]:
@@ -280,9 +285,18 @@ async def join_oktorus(
     tap: RtpTap | None = None,
     swallow: bool = True,
     timeout: float = JOIN_TIMEOUT_S,
+    impair_send: Impairment | None = None,
+    impair_receive: Impairment | None = None,
 ) -> OktorusPeer:
     """Join with protocol v1 (also used by generator processes, given a token)."""
-    participant = await Participant.join(url, token, publish_tracks=tracks, timeout=timeout)
+    participant = await Participant.join(
+        url,
+        token,
+        publish_tracks=tracks,
+        timeout=timeout,
+        impair_send=impair_send,
+        impair_receive=impair_receive,
+    )
     peer = OktorusPeer(identity, participant)
     if subscribe and tap is not None:
         if tracks:

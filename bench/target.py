@@ -20,6 +20,7 @@ from typing import Protocol
 from aiortc import MediaStreamTrack, RTCPeerConnection
 
 from sfu import aiortc_bridge as bridge
+from signaling.client.impair import Impairment
 
 __all__ = ["PacketCounters", "Peer", "RtpTap", "Target", "install_subscriber_tap"]
 
@@ -135,9 +136,12 @@ class Target(Protocol):
         tap: RtpTap | None = None,
         swallow: bool = True,
         timeout: float = 15.0,
+        impair_send: Impairment | None = None,
+        impair_receive: Impairment | None = None,
     ) -> Peer:
         """Join ``room``: publish ``tracks``; if ``subscribe``, receive every other
-        publisher's tracks (now and later), with ``tap`` on received RTP.
+        publisher's tracks (now and later), with ``tap`` on received RTP. ``impair_*``
+        impair the peer's links below SRTP (``signaling.client.impair``).
 
         A subscribe-only peer returns once its tap is in; a peer that also publishes
         gets its tap when its subscribe connection appears."""

@@ -6,7 +6,8 @@ on stdin, one reply per line on stdout (``{"id": n, "ok": true, ...}`` or
 ``{"id": n, "ok": false, "error": "..."}``). Requests:
 
 * ``setup`` {clips: pickle path, hosts: [addresses]} → {pid}
-* ``join`` {member, url, token, identity, video, audio, audio_clip, subscribe, timeout}
+* ``join`` {member, url, token, identity, video, audio, audio_clip, subscribe, timeout,
+  impair: [send, receive] (``Impairment`` text or null)}
   → {join_started, video_pts, audio_pts}
 * ``poll`` → {sent: {member: records}, received: {member: records}, tapped_late: [member],
   late_skips, keyframe_requests} (records since the last poll, :mod:`bench.procs`)
@@ -38,6 +39,7 @@ from bench.scenario import Clips, close_peers, enlarge_receive_buffers
 from bench.server import OktorusPeer, join_oktorus
 from sfu import aiortc_bridge as bridge
 from sfu.rtp import payload_offset
+from signaling.client.impair import Impairment
 
 __all__ = ["main"]
 
@@ -121,6 +123,7 @@ class Worker:
         tap = _Received() if request["subscribe"] else None
         if tap is not None:
             self.received[member] = tap
+        send, receive = (None if i is None else Impairment.parse(str(i)) for i in request["impair"])
         started = time.perf_counter()
         peer = await join_oktorus(
             str(request["url"]),
@@ -130,6 +133,8 @@ class Worker:
             subscribe=bool(request["subscribe"]),
             tap=tap,
             timeout=float(request["timeout"]),
+            impair_send=send,
+            impair_receive=receive,
         )
         self.peers[member] = peer
         video: set[int] = set()

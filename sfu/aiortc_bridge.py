@@ -86,6 +86,8 @@ _MODULE_NAMES: tuple[tuple[object, str], ...] = (
     (aioice.ice, "get_host_addresses"),
     (aioice.ice, "StunProtocol"),
     (aioice.ice.StunProtocol, "datagram_received"),
+    (aioice.ice.StunProtocol, "send_data"),
+    (aioice.ice.StunProtocol, "send_stun"),
     (aioice.ice.Connection, "data_received"),
     (aiortc.rtcrtpreceiver, "get_decoder"),
     (aiortc.rtcrtpsender, "get_encoder"),
@@ -539,26 +541,40 @@ def impair_datagrams(
 
             protocol.datagram_received = on_datagram
         if outgoing is not None:
-            transport = protocol.transport
-            send = transport.sendto
-
-            def sendto(
-                data: bytes,
-                addr: Any = None,
-                _send: Any = send,
-                _decide: Any = outgoing,
-                _transport: Any = transport,
-            ) -> None:
-                hold = _decide(data)
-                if hold is None:
-                    return
-                if hold > 0:
-                    loop.call_later(hold, _send_unless_closed, _transport, _send, data, addr)
-                else:
-                    _send(data, addr)
-
-            transport.sendto = sendto
+            _impair_sends(protocol, outgoing, loop)
     return impaired
+
+
+def _impair_sends(protocol: Any, decide: DatagramDelay, loop: asyncio.AbstractEventLoop) -> None:
+    """Wrap aioice's two send paths of one socket (uvloop's ``transport.sendto`` cannot be
+    replaced): ``send_data`` (DTLS, SRTP, SRTCP) and ``send_stun`` (ICE checks)."""
+    send_data = protocol.send_data
+    send_stun = protocol.send_stun
+
+    def later(hold: float, data: bytes, addr: Any) -> None:
+        loop.call_later(hold, _send_unless_closed, protocol, data, addr)
+
+    async def impaired_data(data: bytes, addr: Any) -> None:
+        hold = decide(data)
+        if hold is None:
+            return
+        if hold > 0:
+            later(hold, data, addr)
+        else:
+            await send_data(data, addr)
+
+    def impaired_stun(message: Any, addr: Any) -> None:
+        data = bytes(message)
+        hold = decide(data)
+        if hold is None:
+            return
+        if hold > 0:
+            later(hold, data, addr)
+        else:
+            send_stun(message, addr)
+
+    protocol.send_data = impaired_data
+    protocol.send_stun = impaired_stun
 
 
 def _as_delay(drop: DatagramFilter) -> DatagramDelay:
@@ -571,9 +587,10 @@ def _receive_unless_closed(protocol: Any, receive: Any, data: bytes, addr: Any) 
         receive(data, addr)
 
 
-def _send_unless_closed(transport: Any, send: Any, data: bytes, addr: Any) -> None:
-    if not transport.is_closing():
-        send(data, addr)
+def _send_unless_closed(protocol: Any, data: bytes, addr: Any) -> None:
+    transport = protocol.transport
+    if transport is not None and not transport.is_closing():
+        transport.sendto(data, addr)
 
 
 def on_keyframe_request(sender: Any, callback: Callable[[], None]) -> None:

@@ -463,22 +463,8 @@ class Participant:
         send, receive = self._impair
         if f"{name}.send" in self.link_models or f"{name}.receive" in self.link_models:
             return
-        stream = 0 if name == "publish" else 2
-        models: dict[str, LinkModel] = {}
-        if send is not None and not send.is_null:
-            models[f"{name}.send"] = send.model(stream)
-        if receive is not None and not receive.is_null:
-            models[f"{name}.receive"] = receive.model(stream + 1)
-        if not models:
-            return
-        loop = asyncio.get_running_loop()
-        out, into = models.get(f"{name}.send"), models.get(f"{name}.receive")
-        bridge.impair_datagrams(
-            pc,
-            outgoing=None if out is None else lambda d: out.decide(len(d), loop.time()),
-            incoming=None if into is None else lambda d: into.decide(len(d), loop.time()),
-        )
-        self.link_models.update(models)
+        models = impair_peer_connection(pc, send, receive, 0 if name == "publish" else 2)
+        self.link_models.update({f"{name}.{way}": m for way, m in models.items()})
 
     def _configuration(self) -> RTCConfiguration:
         return rtc_configuration(self.ice_servers if self._use_server_ice else ())
@@ -490,6 +476,31 @@ class Participant:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def impair_peer_connection(
+    pc: RTCPeerConnection,
+    send: Impairment | None,
+    receive: Impairment | None,
+    stream: int = 0,
+) -> dict[str, LinkModel]:
+    """Impair what ``pc`` sends and/or receives from now on (call it once its sockets
+    are gathered, i.e. after ``setLocalDescription``). Returns the models applied, by
+    ``send`` / ``receive`` (their counters say what they did)."""
+    models: dict[str, LinkModel] = {}
+    if send is not None and not send.is_null:
+        models["send"] = send.model(stream)
+    if receive is not None and not receive.is_null:
+        models["receive"] = receive.model(stream + 1)
+    if models:
+        loop = asyncio.get_running_loop()
+        out, into = models.get("send"), models.get("receive")
+        bridge.impair_datagrams(
+            pc,
+            outgoing=None if out is None else lambda d: out.decide(len(d), loop.time()),
+            incoming=None if into is None else lambda d: into.decide(len(d), loop.time()),
+        )
+    return models
 
 
 def _ice_server(server: Mapping[str, Any]) -> RTCIceServer:
