@@ -96,6 +96,8 @@ class SendLedger:
         self.window_start: float | None = None
         self.window_end: float | None = None
         self.window_sent: list[int] = []
+        self.window_sent_video: list[int] = []
+        """Of those, video packets (what subscribers can NACK)."""
         """Media packets each publisher sent inside the window."""
         self.publishers = 0
 
@@ -105,12 +107,14 @@ class SendLedger:
         index = self.publishers
         self.publishers += 1
         self.window_sent.append(0)
+        self.window_sent_video.append(0)
         return PublisherTap(self, index, video_payload_types, audio_payload_types, video_codec)
 
     def open_window(self, now: float | None = None) -> None:
         self.window_start = time.perf_counter() if now is None else now
         self.window_end = None
         self.window_sent = [0] * self.publishers
+        self.window_sent_video = [0] * self.publishers
 
     def close_window(self, now: float | None = None) -> None:
         self.window_end = time.perf_counter() if now is None else now
@@ -153,6 +157,8 @@ class PublisherTap:
         self.packets += 1
         if ledger.in_window(now):
             ledger.window_sent[self.index] += 1
+            if kind != KIND_AUDIO:
+                ledger.window_sent_video[self.index] += 1
 
 
 def classify_sent(
@@ -191,6 +197,8 @@ class Arrivals:
     first_video_at: float | None = None
     first_keyframe_at: float | None = None
     window_received: dict[int, int] = field(default_factory=dict)
+    window_video: dict[int, int] = field(default_factory=dict)
+    """Of those, video packets."""
     """publisher index → packets sent in the window and received here."""
     latencies_s: array[float] = field(default_factory=lambda: array("d"))
     publishers_seen: set[int] = field(default_factory=set)
@@ -223,13 +231,19 @@ class Arrivals:
                 self.first_keyframe_at = now
         if self.ledger.in_window(sent_at) and now >= sent_at:
             self.window_received[publisher] = self.window_received.get(publisher, 0) + 1
+            if kind != KIND_AUDIO:
+                self.window_video[publisher] = self.window_video.get(publisher, 0) + 1
             self.latencies_s.append(now - sent_at)
 
     def reset_window(self) -> None:
         self.window_received = {}
+        self.window_video = {}
         self.latencies_s = array("d")
 
     def received_from(self, publishers: set[int] | None = None) -> int:
         return sum(
             n for p, n in self.window_received.items() if publishers is None or p in publishers
         )
+
+    def video_received_from(self, publishers: set[int]) -> int:
+        return sum(n for p, n in self.window_video.items() if p in publishers)

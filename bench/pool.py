@@ -64,6 +64,8 @@ class _Child:
     late_skips: int = 0
     keyframe_requests: int = 0
     tapped_late: set[int] = field(default_factory=set)
+    nacks_sent: int = 0
+    nack_repaired: int = 0
 
 
 class GeneratorPool:
@@ -189,6 +191,13 @@ class GeneratorPool:
     def keyframe_requests(self) -> int:
         return sum(c.keyframe_requests for c in self._children)
 
+    def nacks(self) -> tuple[int, int]:
+        """NACKs sent and packets they repaired, over every process's subscribers."""
+        return (
+            sum(c.nacks_sent for c in self._children),
+            sum(c.nack_repaired for c in self._children),
+        )
+
     def tapped_late(self) -> int:
         return sum(len(c.tapped_late) for c in self._children)
 
@@ -215,6 +224,8 @@ class GeneratorPool:
             child.late_skips = int(reply["late_skips"])
             child.keyframe_requests = int(reply["keyframe_requests"])
             child.tapped_late = {int(m) for m in reply["tapped_late"]}
+            child.nacks_sent = int(reply["nacks_sent"])
+            child.nack_repaired = int(reply["nack_repaired"])
             for member, encoded in reply["sent"].items():
                 tap = self._sinks.get(int(member))
                 records = decode_records(encoded)

@@ -41,12 +41,20 @@ def _git_revision() -> str:
     env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")
     try:
         head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-            timeout=5, check=True, env=env,
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+            env=env,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-            text=True, timeout=5, check=True, env=env,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+            env=env,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "-"
@@ -93,7 +101,9 @@ def _loss(run: RunFigures) -> str:
     loss = run.loss
     if loss is None:
         return "-"
-    return f"{loss * 100:.2f} % (worst {run.worst_subscriber_loss * 100:.2f} %)"
+    video = run.video_loss
+    video_text = "" if video is None else f"; video {video * 100:.2f} %"
+    return f"{loss * 100:.2f} % (worst {run.worst_subscriber_loss * 100:.2f} %{video_text})"
 
 
 def _server_row(run: RunFigures) -> str:
@@ -152,8 +162,8 @@ def scenario_markdown(result: ScenarioResult, command: str, env: dict[str, Any])
         f"- media: {video.description} {video.bitrate_kbps:.0f} kbps"
         f" + {audio.description} {audio.bitrate_kbps:.0f} kbps, pre-encoded "
         f"{video.duration_s:g} s loops (video keyframe at loop start and on PLI)"
-        if result.scenario != "audio-rooms" else
-        f"- media: {audio.description} {audio.bitrate_kbps:.0f} kbps per participant, "
+        if result.scenario != "audio-rooms"
+        else f"- media: {audio.description} {audio.bitrate_kbps:.0f} kbps per participant, "
         "pre-encoded, a distinct clip per publisher",
         f"- window: {options.duration_s:g} s after {options.warmup_s:g} s warm-up; "
         "a fresh server per run; sizes interleaved across targets",
@@ -163,9 +173,16 @@ def scenario_markdown(result: ScenarioResult, command: str, env: dict[str, Any])
     ]
     if options.impair:
         lines.append(
-            "- impaired links (below SRTP, seeded; the bench's subscribers do not NACK, so "
-            "loss is after the server's repair of the publisher's link only): "
+            "- impaired links (below SRTP, seeded): "
             + "; ".join(f"`{rule.describe()}`" for rule in options.impair)
+            + ". The bench's subscribers NACK video (not audio, like browsers with Opus): "
+            "video loss is loss after repair"
+        )
+    nacks = [(r.label, r.nacks_sent, r.nack_repaired) for r in result.runs if r.nacks_sent]
+    if nacks:
+        lines.append(
+            "- subscribers' NACKs sent / packets repaired: "
+            + ", ".join(f"{label} {sent} / {repaired}" for label, sent, repaired in nacks)
         )
     for name, description in result.descriptions.items():
         lines.append(f"- target `{name}`: {description}")
@@ -214,9 +231,14 @@ def scenario_markdown(result: ScenarioResult, command: str, env: dict[str, Any])
             )
     warnings = [f"{r.target} {r.label}: {w}" for r in result.runs for w in r.warnings]
     warnings += [f"run failed: {f}" for f in result.failures]
-    lines += ["", *(f"- ⚠ {w}" for w in warnings)] if warnings else [
-        "", "No warnings: the generator stayed below its CPU and lag limits, nothing dropped."
-    ]
+    lines += (
+        ["", *(f"- ⚠ {w}" for w in warnings)]
+        if warnings
+        else [
+            "",
+            "No warnings: the generator stayed below its CPU and lag limits, nothing dropped.",
+        ]
+    )
     lines.append("")
     return "\n".join(lines)
 
@@ -250,7 +272,9 @@ def scenario_json(result: ScenarioResult, command: str, env: dict[str, Any]) -> 
         "failures": result.failures,
         "runs": [run.as_dict() for run in result.runs],
         "marginal": {
-            target: None if (m := result.marginal(target)) is None else {
+            target: None
+            if (m := result.marginal(target)) is None
+            else {
                 "us_per_forwarded_packet": m.us_per_forwarded_packet,
                 "fixed_cpu_share": m.fixed_cpu_share,
                 "cpu_ms_per_s_per_stream": m.cpu_ms_per_s_per_stream,
@@ -263,13 +287,13 @@ def scenario_json(result: ScenarioResult, command: str, env: dict[str, Any]) -> 
 def _pcts(values: Sequence[float]) -> str:
     if not values:
         return "-"
-    return (
-        f"{percentile(values, 50):.0f} / {percentile(values, 90):.0f} / {max(values):.0f}"
-    )
+    return f"{percentile(values, 50):.0f} / {percentile(values, 90):.0f} / {max(values):.0f}"
 
 
 def join_storm_markdown(
-    storms: Sequence[JoinStormFigures], unavailable: dict[str, str], command: str,
+    storms: Sequence[JoinStormFigures],
+    unavailable: dict[str, str],
+    command: str,
     env: dict[str, Any],
 ) -> str:
     lines = [
@@ -300,12 +324,17 @@ def join_storm_markdown(
 
 
 def join_storm_json(
-    storms: Sequence[JoinStormFigures], unavailable: dict[str, str], command: str,
+    storms: Sequence[JoinStormFigures],
+    unavailable: dict[str, str],
+    command: str,
     env: dict[str, Any],
 ) -> dict[str, Any]:
     return {
-        "scenario": "join-storm", "command": command, "environment": env,
-        "unavailable": unavailable, "runs": [s.as_dict() for s in storms],
+        "scenario": "join-storm",
+        "command": command,
+        "environment": env,
+        "unavailable": unavailable,
+        "runs": [s.as_dict() for s in storms],
     }
 
 

@@ -164,6 +164,12 @@ class RunFigures:
     subscriber_bytes: int = 0
     expected_packets: int = 0
     received_packets: int = 0
+    video_expected_packets: int = 0
+    video_received_packets: int = 0
+    nacks_sent: int = 0
+    """Generic NACKs the bench's subscribers sent (each may list several packets)."""
+    nack_repaired: int = 0
+    """Packets they had NACKed that then arrived (retransmitted or late)."""
     worst_subscriber_loss: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
     server_rss_idle_bytes: int = 0
@@ -230,6 +236,12 @@ class RunFigures:
         return max(0.0, 1.0 - self.received_packets / self.expected_packets)
 
     @property
+    def video_loss(self) -> float | None:
+        if not self.video_expected_packets:
+            return None
+        return max(0.0, 1.0 - self.video_received_packets / self.video_expected_packets)
+
+    @property
     def counted_ratio(self) -> float | None:
         if self.server is None or not self.server.rtp_out:
             return None
@@ -270,6 +282,9 @@ class RunFigures:
             "expected_packets": self.expected_packets,
             "received_packets": self.received_packets,
             "loss": self.loss,
+            "video_loss": self.video_loss,
+            "nacks_sent": self.nacks_sent,
+            "nack_repaired_packets": self.nack_repaired,
             "worst_subscriber_loss": self.worst_subscriber_loss,
             "latency_ms": self.latency_ms,
             "server_rss_idle_bytes": self.server_rss_idle_bytes,
@@ -807,11 +822,21 @@ async def _measure(
         got = min(sent, tap.received_from(publishers))
         figures.expected_packets += sent
         figures.received_packets += got
+        video = sum(ledger.window_sent_video[p] for p in publishers)
+        figures.video_expected_packets += video
+        figures.video_received_packets += min(video, tap.video_received_from(publishers))
         if sent:
             worst = max(worst, 1.0 - got / sent)
         latencies.extend(tap.latencies_s)
     figures.worst_subscriber_loss = worst
     figures.latency_ms = latency_summary(latencies)
+    nackers = [m.peer.nacker for m in members if m.peer is not None and m.peer.nacker]
+    figures.nacks_sent = sum(n.nacks_sent for n in nackers)
+    figures.nack_repaired = sum(n.repaired for n in nackers)
+    if pool is not None:
+        sent, repaired = pool.nacks()
+        figures.nacks_sent += sent
+        figures.nack_repaired += repaired
 
 
 async def probe_first_frame(target: Target, room: str, identity: str) -> float:

@@ -158,6 +158,8 @@ class Worker:
                 str(m): encode_records(r.records.take()) for m, r in self.received.items()
             },
             "tapped_late": [m for m, p in self.peers.items() if p.tapped_late],
+            "nacks_sent": sum(p.nacker.nacks_sent for p in self.peers.values() if p.nacker),
+            "nack_repaired": sum(p.nacker.repaired for p in self.peers.values() if p.nacker),
             "late_skips": sum(t.late_skips for t in self.tracks),
             "keyframe_requests": sum(t.keyframe_requests for t in self.tracks if t.kind == "video"),
         }

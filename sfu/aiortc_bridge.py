@@ -70,6 +70,7 @@ __all__ = [
     "restrict_host_addresses",
     "route_via",
     "selected_route",
+    "send_rtcp",
     "sender_ssrcs",
     "set_sender_identity",
     "srtp_sessions",
@@ -494,6 +495,23 @@ def tap_received_rtp(pc: RTCPeerConnection, tap: RtpTap, *, swallow: bool = Fals
 DatagramFilter = Callable[[bytes], bool]
 DatagramDelay = Callable[[bytes], float | None]
 """Seconds to hold a datagram before it goes on (0: now), or None to drop it."""
+
+
+_rtcp_sends: set[asyncio.Task[None]] = set()
+
+
+def send_rtcp(pc: RTCPeerConnection, data: bytes) -> None:
+    """Send one plain RTCP packet on an aiortc peer (it protects it as SRTCP); returns at
+    once. A send on a connection that has gone away is dropped quietly."""
+    task = asyncio.get_running_loop().create_task(dtls_transport(pc)._send_rtp(data))
+    _rtcp_sends.add(task)
+    task.add_done_callback(_rtcp_sent)
+
+
+def _rtcp_sent(task: asyncio.Task[None]) -> None:
+    _rtcp_sends.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: a closed connection is not an error here
 
 
 def impair_datagrams(

@@ -99,6 +99,8 @@ def _reply(
         "sent": {str(m): encode_records(r) for m, r in (sent or {}).items()},
         "received": {str(m): encode_records(r) for m, r in (received or {}).items()},
         "tapped_late": [],
+        "nacks_sent": 0,
+        "nack_repaired": 0,
         "late_skips": 0,
         "keyframe_requests": 0,
     }
