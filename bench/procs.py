@@ -38,6 +38,8 @@ RECEIVE_US_PER_PACKET = 60.0
 """Generator CPU per received packet (aioice receive + SRTP unprotect + the tap), µs:
 measured with ``--generators 1`` (fanout 1→40: ~55 % of a core for ~5,800 pkt/s)."""
 SEND_US_PER_PACKET = 120.0
+STARVED_BELOW = 0.5
+"""A lagging process below this CPU share was waiting for a core, not busy itself."""
 """Per sent packet (aiortc packetizer, SRTP protect, aioice send), µs."""
 
 
@@ -138,7 +140,12 @@ class ProcessFigures:
             reasons.append(f"used {self.cpu_share:.0%} of a core")
         p99 = self.lag_ms.get("p99", 0.0)
         if p99 > lag_p99_limit_ms:
-            reasons.append(f"event-loop lag p99 {p99:.1f} ms")
+            starved = (
+                " (while mostly idle: held up by other processes)"
+                if (self.cpu_share < STARVED_BELOW)
+                else ""
+            )
+            reasons.append(f"event-loop lag p99 {p99:.1f} ms{starved}")
         return reasons
 
     def as_dict(self) -> dict[str, Any]:

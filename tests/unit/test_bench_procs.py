@@ -187,3 +187,10 @@ def test_any_limited_process_flags_the_run() -> None:
     calm.generator_processes = figures.generator_processes[:2]
     _check(calm)
     assert not calm.generator_limited
+
+
+def test_a_lagging_but_idle_process_is_said_to_be_starved() -> None:
+    idle = ProcessFigures("generator 1", 2, 20, 0.2, {"p50": 1.0, "p99": 60.0, "max": 90.0})
+    assert idle.limits(0.85, 20.0) == [
+        "event-loop lag p99 60.0 ms (while mostly idle: held up by other processes)"
+    ]
