@@ -113,18 +113,24 @@ class LinkModel:
     """Decides, for each datagram in order, drop (None) or deliver after so many seconds."""
 
     def __init__(self, impairment: Impairment, stream: int = 0) -> None:
-        self.impairment = impairment
         self._rng = random.Random(impairment.seed * 1_000_003 + stream)
-        loss = impairment.loss / 100.0
-        self._loss = loss
-        if impairment.burst is not None:
-            self._leave_bad = 1.0 / impairment.burst
-            self._enter_bad = loss * self._leave_bad / (1.0 - loss)
         self._bad = False
+        self.change(impairment)
         self._link_free_at = 0.0
         self.offered = 0
         self.lost = 0
         self.queue_drops = 0
+
+    def change(self, impairment: Impairment) -> None:
+        """Impair differently from the next datagram on (e.g. a subscriber's rate limit
+        changing mid-call); the random stream and the queue carry on."""
+        self.impairment = impairment
+        loss = impairment.loss / 100.0
+        self._loss = loss
+        self._leave_bad = self._enter_bad = 0.0
+        if impairment.burst is not None:
+            self._leave_bad = 1.0 / impairment.burst
+            self._enter_bad = loss * self._leave_bad / (1.0 - loss)
 
     def decide(self, size: int, now: float) -> float | None:
         """``size`` bytes offered at ``now`` (seconds, any monotonic clock)."""

@@ -118,3 +118,14 @@ def test_rate_limit_queues_then_drops_what_would_wait_too_long() -> None:
     # below the rate nothing waits
     calm = _run(Impairment(rate=300).model(), 100, gap_s=0.05)
     assert calm == [pytest.approx(i * 0.05 + 0.032) for i in range(100)]
+
+
+def test_a_link_can_change_mid_call() -> None:
+    model = Impairment(rate=300).model()
+    assert model.decide(1200, 0.0) == pytest.approx(0.032)
+    model.change(Impairment(rate=1200))  # the subscriber's link gets wider
+    assert model.decide(1200, 1.0) == pytest.approx(0.008)
+    model.change(Impairment(loss=100))
+    assert model.decide(1200, 2.0) is None and model.lost == 1
+    model.change(Impairment())
+    assert model.decide(1200, 3.0) == 0.0
