@@ -391,6 +391,7 @@ async def run_layout(
             f"--generators {generators}: generator processes drive the oktorus "
             f"target only; {target.name} ran with one generator process"
         )
+        generators = figures.generators_planned = 1
     try:
         with target.network():
             bridge.restrict_host_addresses(target.host_addresses)

@@ -1,5 +1,5 @@
-"""Smoke test of ``--generators``: a tiny fan-out (1 → 4) through the real server, with
-its peers spread over two generator processes, merged back into one set of figures."""
+"""Bench runs through the real server: a tiny fan-out (1 → 4) spread over two generator
+processes and merged back into one set of figures; subscribers' NACKs under --impair."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import os
 
 from bench.fanout import fanout_layout
+from bench.impairments import parse_rule
 from bench.media import encode_audio_clip, encode_video_clip
 from bench.scenario import Clips, RunOptions, run_layout
 from bench.server import SfuServer
@@ -37,3 +38,22 @@ def test_two_generator_processes_count_every_subscribers_packets() -> None:
     ratio = figures.counted_ratio
     assert ratio is not None and 0.95 < ratio < 1.05  # vs the server's own rtp_out
     assert len(figures.join_first_keyframe_ms) == 4
+
+
+def test_bench_subscribers_nack_what_their_impaired_link_lost() -> None:
+    """10 % loss on each subscriber's downlink: their NACKs get the video repaired
+    (audio is not NACKed, as a browser's Opus is not)."""
+    clips = Clips(
+        video=encode_video_clip(seconds=1.0, width=320, height=180, kbps=300),
+        audio=(encode_audio_clip(seconds=1.0),),
+    )
+    rule = parse_rule("subscribers.receive:loss=10,seed=4")
+    options = RunOptions(duration_s=3.0, warmup_s=0.5, impair=(rule,))
+    figures = asyncio.run(run_layout(SfuServer(), fanout_layout(2), clips, options))
+
+    assert figures.nacks_sent > 0 and figures.nack_repaired > 0
+    assert figures.video_expected_packets > 2 * 3 * 20
+    video_loss = figures.video_loss
+    assert video_loss is not None and video_loss < 0.01, video_loss
+    loss = figures.loss
+    assert loss is not None and 0.01 < loss < 0.2  # the audio share stays lost
