@@ -199,6 +199,9 @@ class Arrivals:
     window_received: dict[int, int] = field(default_factory=dict)
     window_video: dict[int, int] = field(default_factory=dict)
     """Of those, video packets."""
+    window_keys: set[int] = field(default_factory=set)
+    """Packets of the window already counted: a second copy (RTX) is not a second packet."""
+    duplicates: int = 0
     """publisher index → packets sent in the window and received here."""
     latencies_s: array[float] = field(default_factory=lambda: array("d"))
     publishers_seen: set[int] = field(default_factory=set)
@@ -216,7 +219,7 @@ class Arrivals:
         if self.first_rtp_at is None:
             self.first_rtp_at = now
         entry = None if key is None else self.ledger.sent.get(key)
-        if entry is None:
+        if entry is None or key is None:
             self.unmatched += 1
             return
         sent_at, publisher, kind = entry
@@ -230,6 +233,10 @@ class Arrivals:
             if kind == KIND_KEYFRAME and self.first_keyframe_at is None:
                 self.first_keyframe_at = now
         if self.ledger.in_window(sent_at) and now >= sent_at:
+            if key in self.window_keys:
+                self.duplicates += 1  # a retransmission of what already arrived
+                return
+            self.window_keys.add(key)
             self.window_received[publisher] = self.window_received.get(publisher, 0) + 1
             if kind != KIND_AUDIO:
                 self.window_video[publisher] = self.window_video.get(publisher, 0) + 1
@@ -238,6 +245,7 @@ class Arrivals:
     def reset_window(self) -> None:
         self.window_received = {}
         self.window_video = {}
+        self.window_keys = set()
         self.latencies_s = array("d")
 
     def received_from(self, publishers: set[int] | None = None) -> int:
