@@ -295,7 +295,8 @@ class GeneratorPool:
         poller, self._poller = self._poller, None
         if poller is not None:
             poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # a poll that failed already ended the run with its error; do not raise it twice
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await poller
         with contextlib.suppress(Exception):
             await asyncio.gather(
