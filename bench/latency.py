@@ -199,7 +199,7 @@ class Arrivals:
     window_received: dict[int, int] = field(default_factory=dict)
     window_video: dict[int, int] = field(default_factory=dict)
     """Of those, video packets."""
-    window_keys: set[int] = field(default_factory=set)
+    window_keys: set[tuple[int, float]] = field(default_factory=set)
     """Packets of the window already counted: a second copy (RTX) is not a second packet."""
     duplicates: int = 0
     """publisher index → packets sent in the window and received here."""
@@ -233,10 +233,12 @@ class Arrivals:
             if kind == KIND_KEYFRAME and self.first_keyframe_at is None:
                 self.first_keyframe_at = now
         if self.ledger.in_window(sent_at) and now >= sent_at:
-            if key in self.window_keys:
-                self.duplicates += 1  # a retransmission of what already arrived
+            # The same send (key and send time: clips loop, so a payload recurs every few
+            # seconds as a new packet) arriving again is a retransmission, not a packet.
+            if (key, sent_at) in self.window_keys:
+                self.duplicates += 1
                 return
-            self.window_keys.add(key)
+            self.window_keys.add((key, sent_at))
             self.window_received[publisher] = self.window_received.get(publisher, 0) + 1
             if kind != KIND_AUDIO:
                 self.window_video[publisher] = self.window_video.get(publisher, 0) + 1
