@@ -171,6 +171,12 @@ def scenario_markdown(result: ScenarioResult, command: str, env: dict[str, Any])
         f"aiortc {env['aiortc']}, generator loop {env['generator_loop']} on CPU(s) "
         f"{','.join(map(str, env.get('generator_cpus', []))) or 'any'}, git {env['git']}",
     ]
+    if options.generators != 1:
+        asked = "auto" if options.generators == 0 else str(options.generators)
+        lines.append(
+            f"- generator processes (`--generators {asked}`): "
+            + ", ".join(f"{r.target} {r.label} → {r.generators_planned}" for r in result.runs)
+        )
     if options.impair:
         lines.append(
             "- impaired links (below SRTP, seeded): "
