@@ -26,7 +26,7 @@ from typing import Any
 
 from bench.latency import Arrivals, PublisherTap
 from bench.monitor import ProcessCpu
-from bench.procfs import drops_between, read_udp_drops
+from bench.procfs import drops_between, read_cpu_seconds, read_udp_drops
 from bench.procs import Records, decode_records
 from signaling.client.impair import Impairment
 
@@ -168,6 +168,10 @@ class GeneratorPool:
 
     async def reset_lag(self) -> None:
         await asyncio.gather(*(self._request(c, "lag_reset") for c in self._children))
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the generator processes have used so far (together)."""
+        return sum(read_cpu_seconds(c.pid) for c in self._children)
 
     def cpu_shares(self) -> list[float]:
         return [cpu.share() for cpu in self._cpu]

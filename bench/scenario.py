@@ -738,6 +738,7 @@ async def _measure(
     softnet_before = read_softnet_dropped()
     busy_before, _ = read_machine_busy()
     mine_before = target.cpu_seconds() + read_cpu_seconds()
+    mine_before += pool.cpu_seconds() if pool is not None else 0.0
     packets_before = sum(a.packets for a in arrivals)
     bytes_before = sum(a.octets for a in arrivals)
     for a in arrivals:
@@ -761,6 +762,7 @@ async def _measure(
     ledger.close_window(ended)
     busy_after, _ = read_machine_busy()
     mine_after = target.cpu_seconds() + read_cpu_seconds()
+    mine_after += pool.cpu_seconds() if pool is not None else 0.0
     cpu_after = target.cpu_seconds()
     wakeups_after = target.wakeups()
     counters_after = await target.packet_counters()
