@@ -32,8 +32,8 @@ def test_two_generator_processes_count_every_subscribers_packets() -> None:
     # every subscriber got (nearly) every packet the publisher sent in the window,
     # matched for latency although it ran in another process than the publisher
     assert figures.expected_packets > 4 * 3 * 50  # ≥ audio alone, 4 subscribers, 3 s
-    assert figures.received_packets >= 0.98 * figures.expected_packets
-    assert figures.latency_ms["samples"] >= figures.received_packets * 0.98
+    assert figures.received_packets >= 0.9 * figures.expected_packets
+    assert figures.latency_ms["samples"] == figures.received_packets
     assert 0 < figures.latency_ms["p50"] < 50
     ratio = figures.counted_ratio
     assert ratio is not None and 0.95 < ratio < 1.05  # vs the server's own rtp_out
@@ -54,6 +54,6 @@ def test_bench_subscribers_nack_what_their_impaired_link_lost() -> None:
     assert figures.nacks_sent > 0 and figures.nack_repaired > 0
     assert figures.video_expected_packets > 2 * 3 * 20
     video_loss = figures.video_loss
-    assert video_loss is not None and video_loss < 0.01, video_loss
+    assert video_loss is not None and video_loss < 0.02, video_loss
     loss = figures.loss
     assert loss is not None and 0.01 < loss < 0.2  # the audio share stays lost
