@@ -34,9 +34,10 @@ __all__ = [
 
 PROCESS_CPU_TARGET = 0.7
 """``--generators auto`` plans for no process above this share of a core."""
-RECEIVE_US_PER_PACKET = 60.0
+RECEIVE_US_PER_PACKET = 75.0
 """Generator CPU per received packet (aioice receive + SRTP unprotect + the tap), µs:
-measured with ``--generators 1`` (fanout 1→40: ~55 % of a core for ~5,800 pkt/s)."""
+measured with ``--generators 1`` (fanout 1→20: 24 % of a core for ~3,000 pkt/s; 1→40:
+40 % for ~5,900 pkt/s; publisher included)."""
 SEND_US_PER_PACKET = 120.0
 STARVED_BELOW = 0.5
 """A lagging process below this CPU share was waiting for a core, not busy itself."""

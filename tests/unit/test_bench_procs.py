@@ -40,8 +40,8 @@ def test_auto_plans_for_70_percent_per_process_capped_by_free_cores() -> None:
     assert auto_generators(1.5, free_cores=4) == 3  # 1.5 / 0.7 → 3 processes of 50 %
     assert auto_generators(1.5, free_cores=1) == 1  # the server has the other core
     assert auto_generators(0.0, free_cores=0) == 1
-    # 1 → 40 fan-out of ~144 pkt/s: ~5,800 received pkt/s is about a third of a core
-    assert 0.3 < predicted_cpu_share(40 * 144, 144) < 0.4
+    # 1 → 40 fan-out of ~144 pkt/s: ~5,800 received pkt/s, measured at ~40 % of a core
+    assert 0.4 < predicted_cpu_share(40 * 144, 144) < 0.5
     with pytest.raises(ValueError):
         auto_generators(-1.0, free_cores=2)
 
