@@ -86,6 +86,8 @@ class NackingTap:
         self._plan = NackPlan()
         self._seen_types: set[int] = set()
         self._streams: dict[int, _Stream] = {}
+        self._learned: dict[int, int] = {}
+        """RTX SSRC → media SSRC, learnt where the SDP does not say."""
         self._ssrc = random.getrandbits(32)
         self._retry_pending = False
         self.nacks_sent = 0
@@ -103,7 +105,7 @@ class NackingTap:
         seq, ssrc = _SEQ_SSRC.unpack_from(packet, 2)
         media_type = plan.rtx_apt.get(payload_type)
         if media_type is not None:
-            media_ssrc = plan.rtx_ssrc.get(ssrc)
+            media_ssrc = plan.rtx_ssrc.get(ssrc) or self._rtx_owner(ssrc, packet)
             original = None if media_ssrc is None else rtx_unwrap(packet, media_ssrc, media_type)
             if original is None or payload_offset(original) < 0:
                 return  # an RTX we cannot place: not a media packet
@@ -113,6 +115,22 @@ class NackingTap:
             return
         self._follow(ssrc, seq)
         self._inner(packet)
+
+    def _rtx_owner(self, rtx_ssrc: int, packet: bytes) -> int | None:
+        """The media SSRC of an RTX SSRC the SDP does not pair (no ``ssrc-group:FID``, as
+        Janus offers): the stream missing the packet it carries, remembered once found."""
+        owner = self._learned.get(rtx_ssrc)
+        if owner is not None:
+            return owner
+        offset = payload_offset(packet)
+        if offset < 0 or len(packet) < offset + 2:
+            return None
+        original_seq = (packet[offset] << 8) | packet[offset + 1]
+        for ssrc, stream in self._streams.items():
+            if original_seq in stream.missing:
+                self._learned[rtx_ssrc] = ssrc
+                return ssrc
+        return None
 
     def _follow(self, ssrc: int, seq: int) -> None:
         stream = self._streams.get(ssrc)

@@ -83,3 +83,18 @@ def test_audio_passes_untouched_and_hopeless_packets_are_given_up() -> None:
     assert not rig.timers  # bounded: no retry left
     rig.tap(_rtp(96, 5000, VIDEO, b"jump"))  # a restart, not 4,897 losses
     assert len(rig.sent) == TRIES
+
+
+def test_an_rtx_stream_the_sdp_does_not_pair_is_placed_by_what_it_repairs() -> None:
+    rig = _Rig()
+    rig.tap = NackingTap(
+        rig.passed.append, rig._send, rig._later, lambda: nack_plan(SDP.replace("FID", "X"))
+    )
+    for seq in (10, 12):
+        rig.tap(_rtp(96, seq, VIDEO, b"v"))
+    rtx = rtx_wrap(_rtp(96, 11, VIDEO, b"eleven"), 4242, 97, 1)
+    assert rtx is not None
+    rig.tap(rtx)
+    assert rig.tap.repaired == 1 and payload_key(rig.passed[-1]) == payload_key(
+        b"\x80" * 12 + b"eleven"
+    )
