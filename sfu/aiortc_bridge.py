@@ -45,6 +45,7 @@ from pylibsrtp._binding import ffi, lib
 __all__ = [
     "PINNED_VERSIONS",
     "ContractError",
+    "DatagramDelay",
     "DatagramHandler",
     "FastSrtp",
     "ForwardingReceiver",
@@ -70,6 +71,7 @@ __all__ = [
     "restrict_host_addresses",
     "route_via",
     "selected_route",
+    "send_rtcp",
     "sender_ssrcs",
     "set_sender_identity",
     "srtp_sessions",
@@ -88,6 +90,8 @@ _MODULE_NAMES: tuple[tuple[object, str], ...] = (
     (aioice.ice.Connection, "get_component_candidates"),
     (aioice.ice, "StunProtocol"),
     (aioice.ice.StunProtocol, "datagram_received"),
+    (aioice.ice.StunProtocol, "send_data"),
+    (aioice.ice.StunProtocol, "send_stun"),
     (aioice.ice.Connection, "data_received"),
     (aiortc.rtcrtpreceiver, "get_decoder"),
     (aiortc.rtcrtpsender, "get_encoder"),
@@ -557,6 +561,25 @@ def tap_received_rtp(pc: RTCPeerConnection, tap: RtpTap, *, swallow: bool = Fals
 
 
 DatagramFilter = Callable[[bytes], bool]
+DatagramDelay = Callable[[bytes], float | None]
+"""Seconds to hold a datagram before it goes on (0: now), or None to drop it."""
+
+
+_rtcp_sends: set[asyncio.Task[None]] = set()
+
+
+def send_rtcp(pc: RTCPeerConnection, data: bytes) -> None:
+    """Send one plain RTCP packet on an aiortc peer (it protects it as SRTCP); returns at
+    once. A send on a connection that has gone away is dropped quietly."""
+    task = asyncio.get_running_loop().create_task(dtls_transport(pc)._send_rtp(data))
+    _rtcp_sends.add(task)
+    task.add_done_callback(_rtcp_sent)
+
+
+def _rtcp_sent(task: asyncio.Task[None]) -> None:
+    _rtcp_sends.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: a closed connection is not an error here
 
 
 def impair_datagrams(
@@ -564,27 +587,96 @@ def impair_datagrams(
     *,
     drop_outgoing: DatagramFilter | None = None,
     drop_incoming: DatagramFilter | None = None,
-) -> None:
-    """Drop datagrams below SRTP on an aiortc peer's ICE sockets (user-space impairment).
+    outgoing: DatagramDelay | None = None,
+    incoming: DatagramDelay | None = None,
+) -> int:
+    """Impair datagrams below SRTP on an aiortc peer's ICE sockets (user-space netem).
 
-    This kernel has no netem; tests and the bench impair links here instead. Each
-    filter sees the raw datagram and returns True to drop it.
+    This kernel has no netem; tests and the bench impair links here instead. A
+    ``drop_*`` filter sees the raw datagram and returns True to drop it; ``outgoing`` /
+    ``incoming`` return a delay (held with ``loop.call_later``) or None to drop it (see
+    ``signaling.client.impair``). Applies to the sockets gathered so far; returns how
+    many were impaired.
     """
-    dtls = dtls_transport(pc)
-    if drop_incoming is not None:
-        incoming = drop_incoming
-        install_datagram_hook(dtls, lambda data, addr, via: incoming(data))
     if drop_outgoing is not None:
-        outgoing = drop_outgoing
-        for protocol in dtls.transport._connection._protocols:
-            transport = protocol.transport
-            send = transport.sendto
+        outgoing = _as_delay(drop_outgoing)
+    if drop_incoming is not None:
+        incoming = _as_delay(drop_incoming)
+    dtls = dtls_transport(pc)
+    loop = asyncio.get_running_loop()
+    impaired = 0
+    for protocol in dtls.transport._connection._protocols:
+        impaired += 1
+        if incoming is not None:
+            received = protocol.datagram_received
 
-            def sendto(data: bytes, addr: Any = None, _send: Any = send) -> None:
-                if not outgoing(data):
-                    _send(data, addr)
+            def on_datagram(
+                data: bytes,
+                addr: Any,
+                _received: Any = received,
+                _decide: Any = incoming,
+                _protocol: Any = protocol,
+            ) -> None:
+                hold = _decide(data)
+                if hold is None:
+                    return
+                if hold > 0:
+                    loop.call_later(hold, _receive_unless_closed, _protocol, _received, data, addr)
+                else:
+                    _received(data, addr)
 
-            transport.sendto = sendto
+            protocol.datagram_received = on_datagram
+        if outgoing is not None:
+            _impair_sends(protocol, outgoing, loop)
+    return impaired
+
+
+def _impair_sends(protocol: Any, decide: DatagramDelay, loop: asyncio.AbstractEventLoop) -> None:
+    """Wrap aioice's two send paths of one socket (uvloop's ``transport.sendto`` cannot be
+    replaced): ``send_data`` (DTLS, SRTP, SRTCP) and ``send_stun`` (ICE checks)."""
+    send_data = protocol.send_data
+    send_stun = protocol.send_stun
+
+    def later(hold: float, data: bytes, addr: Any) -> None:
+        loop.call_later(hold, _send_unless_closed, protocol, data, addr)
+
+    async def impaired_data(data: bytes, addr: Any) -> None:
+        hold = decide(data)
+        if hold is None:
+            return
+        if hold > 0:
+            later(hold, data, addr)
+        else:
+            await send_data(data, addr)
+
+    def impaired_stun(message: Any, addr: Any) -> None:
+        data = bytes(message)
+        hold = decide(data)
+        if hold is None:
+            return
+        if hold > 0:
+            later(hold, data, addr)
+        else:
+            send_stun(message, addr)
+
+    protocol.send_data = impaired_data
+    protocol.send_stun = impaired_stun
+
+
+def _as_delay(drop: DatagramFilter) -> DatagramDelay:
+    return lambda data: None if drop(data) else 0.0
+
+
+def _receive_unless_closed(protocol: Any, receive: Any, data: bytes, addr: Any) -> None:
+    transport = protocol.transport
+    if transport is not None and not transport.is_closing():
+        receive(data, addr)
+
+
+def _send_unless_closed(protocol: Any, data: bytes, addr: Any) -> None:
+    transport = protocol.transport
+    if transport is not None and not transport.is_closing():
+        transport.sendto(data, addr)
 
 
 def on_keyframe_request(sender: Any, callback: Callable[[], None]) -> None:

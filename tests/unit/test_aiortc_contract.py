@@ -90,6 +90,18 @@ async def test_check_contract_passes_on_pinned_versions() -> None:
             id="dtls-handle-rtp",
         ),
         pytest.param(
+            aioice.ice.StunProtocol,
+            "send_data",
+            "StunProtocol.send_data is missing",
+            id="stun-send-data",
+        ),
+        pytest.param(
+            aioice.ice.StunProtocol,
+            "send_stun",
+            "StunProtocol.send_stun is missing",
+            id="stun-send-stun",
+        ),
+        pytest.param(
             aioice.ice,
             "get_host_addresses",
             "aioice.ice.get_host_addresses is missing",
