@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KEYFRAME_REQUEST_INTERVAL_S",
+    "PipeFeed",
     "Producer",
     "ProducerFeedback",
     "RecordingFeed",
@@ -55,6 +56,12 @@ class RecordingFeed(Protocol):
 
     @property
     def needs_keyframe(self) -> bool: ...
+
+
+class PipeFeed(Protocol):
+    """A pipe to another worker's shard of the room (:mod:`sfu.pipe`): every packet, raw."""
+
+    def forward(self, packet: bytes, seq: int, ts: int, keyframe: bool) -> None: ...
 
 
 class ProducerFeedback(Protocol):
@@ -98,6 +105,7 @@ class Producer:
         self.closed = False
         self.consumers: list[Consumer] = []
         self.recorders: list[RecordingFeed] = []  # attached only after consent verified
+        self.pipes: list[PipeFeed] = []  # other workers' shards with subscribers (sfu.pipe)
         self.stats = ReceiveStats(codec.clock_rate)
         self.nacks = NackTracker()
         self.cache = PacketCache(VIDEO_CACHE_PACKETS if kind == "video" else AUDIO_CACHE_PACKETS)
@@ -135,6 +143,11 @@ class Producer:
             "participant": self.participant_id,
             "muted": self.muted,
         }
+
+    @property
+    def audio_level_id(self) -> int:
+        """The RFC 6464 extension id after translation (0: none); a pipe carries it."""
+        return self._audio_level_id
 
     # --- hot path -------------------------------------------------------------------
 
@@ -176,6 +189,8 @@ class Producer:
             consumer.forward(packet, seq, ts, keyframe)
         for recorder in self.recorders:
             recorder.forward(packet, seq, ts, keyframe)
+        for pipe in self.pipes:
+            pipe.forward(packet, seq, ts, keyframe)
 
     def on_rtx(self, packet: bytes, now: float) -> None:
         """A retransmission (RFC 4588) answering one of our NACKs."""
@@ -290,6 +305,7 @@ class Producer:
         for consumer in consumers:
             consumer.producer_closed()
         self.recorders = []  # the recording service finishes the file
+        self.pipes = []
         self.cache.clear()
         for callback in self._on_close:
             callback(self)
