@@ -53,9 +53,7 @@ DEFAULT_TTL_S = 3600
 def _grants_arg(raw: str) -> frozenset[str]:
     items = [item.strip() for item in raw.split(",") if item.strip()]
     if not items:
-        raise argparse.ArgumentTypeError(
-            f"needs at least one of {','.join(sorted(GRANTS))}"
-        )
+        raise argparse.ArgumentTypeError(f"needs at least one of {','.join(sorted(GRANTS))}")
     try:
         return validate_grants(items)
     except ValueError as exc:

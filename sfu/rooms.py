@@ -35,8 +35,8 @@ class LocalRoomRegistry:
         return self._rooms.get(room_id)
 
     def release(self, room: Room) -> None:
-        """Forget a room once its last participant left."""
-        if room.empty and self._rooms.get(room.id) is room:
+        """Forget a room once its last participant left (and it spans no other worker)."""
+        if room.empty and room.shard is None and self._rooms.get(room.id) is room:
             del self._rooms[room.id]
 
     def all(self) -> list[Room]:

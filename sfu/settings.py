@@ -44,6 +44,8 @@ redis_url                SFU_REDIS_URL           --redis               none (web
 drain_deadline_s         SFU_DRAIN_DEADLINE      --drain-deadline      300
 workers                  SFU_WORKERS             --workers             1 (N, or auto: one per core)
 ice_port_range           SFU_ICE_PORT_RANGE      --ice-port-range      none (any free UDP port)
+room_span_subscribers    SFU_ROOM_SPAN_SUBSCRIBERS --room-span-subscribers 0 (never span workers)
+room_span_cpu            SFU_ROOM_SPAN_CPU       --room-span-cpu       0 (no CPU limit)
 max_message_bytes        -                       -                     65536
 subscriber_queue_bytes   -                       -                     262144 (256 KiB)
 =======================  ======================  ====================  ==========================
@@ -451,6 +453,16 @@ def _check_workers(value: object) -> None:
         raise SettingsError(f"must be in 1..{MAX_WORKERS} (or 'auto'), got {value!r}")
 
 
+def _check_span_subscribers(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100_000:
+        raise SettingsError(f"must be a participant count in 0..100000 (0: off), got {value!r}")
+
+
+def _check_span_cpu(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+        raise SettingsError(f"must be a CPU percent in 0..100 (0: off), got {value!r}")
+
+
 def _parse_port_range(raw: str) -> tuple[int, int]:
     low, sep, high = raw.strip().partition("-")
     if not sep:
@@ -599,6 +611,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("ice_port_range", "SFU_ICE_PORT_RANGE", "--ice-port-range", "LOW-HIGH",
            "UDP ports for ICE host candidates, split evenly between workers "
            "(default: any free port)", _parse_port_range, _check_port_range),
+    Option("room_span_subscribers", "SFU_ROOM_SPAN_SUBSCRIBERS", "--room-span-subscribers", "N",
+           "with --workers > 1: once a room's home worker holds more than N of its "
+           "participants, new joins go to another worker, which receives the room's tracks "
+           "over a loopback pipe (default 0: a room never spans workers)",
+           _parse_int, _check_span_subscribers),
+    Option("room_span_cpu", "SFU_ROOM_SPAN_CPU", "--room-span-cpu", "PERCENT",
+           "with --workers > 1: a room whose home worker uses more than PERCENT of a core "
+           "spills new joins to another worker too (default 0: no CPU limit)",
+           _parse_float, _check_span_cpu),
     Option("max_message_bytes", None, None, "BYTES",
            "largest signalling message accepted", None, _check_positive_int),
     Option("subscriber_queue_bytes", None, None, "BYTES",
@@ -652,6 +673,8 @@ class Settings:
     drain_deadline_s: float = 300.0
     workers: int = 1
     ice_port_range: tuple[int, int] | None = None
+    room_span_subscribers: int = 0
+    room_span_cpu: float = 0.0
     max_message_bytes: int = 65536
     subscriber_queue_bytes: int = 256 * 1024
 
@@ -752,6 +775,8 @@ class Settings:
             "drain_deadline_s": self.drain_deadline_s,
             "workers": self.workers,
             "ice_port_range": list(self.ice_port_range) if self.ice_port_range else None,
+            "room_span_subscribers": self.room_span_subscribers,
+            "room_span_cpu": self.room_span_cpu,
             "max_message_bytes": self.max_message_bytes,
             "subscriber_queue_bytes": self.subscriber_queue_bytes,
         }

@@ -121,7 +121,7 @@ async def on_join(session: SignalSession, message: dict[str, Any], request_id: s
             "type": "joined",
             "participant": participant.describe(),
             "room": room.describe(),
-            "participants": [p.describe() for p in room.participants.values()],
+            "participants": room.all_participants(),
             "tracks": [t.describe() for t in room.tracks.values()],
             "recording": _recording_state(session, room),
             "ice_servers": server.ice_servers_for(participant.id),

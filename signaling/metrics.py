@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 from sfu import __version__
 from sfu import aiortc_bridge as bridge
 from sfu.server import Server
+from sfu.shard import ShardLink
 from sfu.stats import Histogram, Key, contribute, participant_objects
 from sfu.transport import TransportCounters
 from sfu.webhooks import LATENCY_BUCKETS
@@ -85,6 +86,7 @@ class ServerCollector(Collector):
         yield from _traffic(traffic, w)
         yield from _reports(server, w)
         yield from _events(server, w)
+        yield from _pipe_metrics(server, w)
 
         lag = HistogramMetricFamily(
             "sfu_event_loop_lag_seconds",
@@ -268,6 +270,26 @@ def _events(server: Server, w: str) -> Iterable[Metric]:
     hist.observations = sum(stats.latency_buckets)
     _add_histogram(latency, [w], hist)
     yield latency
+
+
+def _pipe_metrics(server: Server, w: str) -> Iterator[Metric]:
+    """Rooms spanning workers and their pipes (links open now; they reset with the link)."""
+    links = [room.shard for room in server.rooms.all() if isinstance(room.shard, ShardLink)]
+    yield _gauge("sfu_spanning_rooms", "Rooms with a shard on another worker.", w, len(links))
+    packets = GaugeMetricFamily(
+        "sfu_pipe_rtp_packets",
+        "RTP packets through the open pipes to other workers (out: piped; in: received).",
+        labels=["direction", "worker"],
+    )
+    packets.add_metric(["in", w], sum(link.endpoint.rtp_in for link in links))
+    packets.add_metric(
+        ["out", w], sum(s.packets for link in links for s in link.endpoint.sinks.values())
+    )
+    yield packets
+    yield _gauge("sfu_pipe_keyframe_requests", "PLIs received from other workers' shards.", w,
+                 sum(link.endpoint.keyframe_requests_in for link in links))  # fmt: skip
+    yield _gauge("sfu_pipe_tracks", "Tracks piped to another worker now (it has subscribers).",
+                 w, sum(len(link.endpoint.sinks) for link in links))  # fmt: skip
 
 
 def render_metrics(server: Server) -> str:

@@ -36,6 +36,7 @@ from sfu.workers.placement import LocalNode, NodePlacement, choose_worker
 from sfu.workers.pool import WorkerPool, WorkerSlot, WorkerStartError
 from sfu.workers.proxy import proxy_request
 from sfu.workers.relay import relay
+from sfu.workers.worker import SPAN_OPEN_PATH
 from signaling.access import verify_access_token
 from signaling.http_api import node_name, rooms_response
 from signaling.messages import MAX_FRAME_BYTES, ProtocolError, parse_frame
@@ -45,6 +46,7 @@ __all__ = ["Homes", "Supervisor", "supervise"]
 log = structlog.get_logger(__name__)
 
 METRICS_TIMEOUT_S = 5.0
+SPAN_OPEN_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -53,6 +55,23 @@ class Homes:
 
     worker: dict[str, tuple[str, int]] = field(default_factory=dict)
     connections: dict[str, int] = field(default_factory=dict)
+    spill: dict[str, tuple[str, int]] = field(default_factory=dict)  # the room's 2nd worker
+    on_worker: dict[tuple[str, str], int] = field(default_factory=dict)  # relayed there now
+
+    def attach(self, room: str, worker: str) -> None:
+        key = (room, worker)
+        self.on_worker[key] = self.on_worker.get(key, 0) + 1
+
+    def detach(self, room: str, worker: str) -> None:
+        key = (room, worker)
+        left = self.on_worker.get(key, 0) - 1
+        if left > 0:
+            self.on_worker[key] = left
+        else:
+            self.on_worker.pop(key, None)
+
+    def count(self, room: str, worker: str) -> int:
+        return self.on_worker.get((room, worker), 0)
 
     def acquire(self, room: str) -> None:
         self.connections[room] = self.connections.get(room, 0) + 1
@@ -64,12 +83,15 @@ class Homes:
         else:
             self.connections.pop(room, None)
             self.worker.pop(room, None)  # the room ended: placed afresh next time
+            self.spill.pop(room, None)
 
     def forget_worker(self, worker: str) -> list[str]:
         """A worker died: its rooms have no home (they are placed again on rejoin)."""
         gone = [room for room, (home, _) in self.worker.items() if home == worker]
         for room in gone:
             del self.worker[room]
+        for room in [room for room, (spill, _) in self.spill.items() if spill == worker]:
+            del self.spill[room]
         return gone
 
 
@@ -112,6 +134,47 @@ class Supervisor:
             self.homes.worker[room] = (slot.id, slot.generation)
             log.info("room_placed", room=room, worker=slot.id)
         return slot
+
+    async def span_target(self, room: str, home: WorkerSlot) -> WorkerSlot:
+        """Where a new join of ``room`` goes: its home, or its spill worker once the home
+        holds more than ``--room-span-subscribers`` of its participants (or is over
+        ``--room-span-cpu``). The spill worker opens its shard before the join reaches it."""
+        limit, cpu = self.settings.room_span_subscribers, self.settings.room_span_cpu
+        here = self.homes.count(room, home.id)
+        full = (limit > 0 and here > limit) or (cpu > 0 and here > 0 and home.cpu_percent > cpu)
+        if not full or len(self.pool.slots) < 2:
+            return home
+        spill = self._spill_slot(room, home)
+        if spill is None or spill.session is None:
+            return home
+        try:
+            async with spill.session.post(
+                "http://worker" + SPAN_OPEN_PATH,
+                json={"room": room, "home_socket": home.spec.socket_path},
+                timeout=aiohttp.ClientTimeout(total=SPAN_OPEN_TIMEOUT_S),
+            ) as response:
+                if response.status != 200:
+                    reason = (await response.text())[:200]
+                    log.warning("room_span_refused", room=room, worker=spill.id, reason=reason)
+                    return home
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("room_span_failed", room=room, worker=spill.id, error=repr(exc))
+            return home
+        if self.homes.spill.get(room) != (spill.id, spill.generation):
+            self.homes.spill[room] = (spill.id, spill.generation)
+            log.info("room_spans", room=room, home=home.id, spill=spill.id)
+        return spill
+
+    def _spill_slot(self, room: str, home: WorkerSlot) -> WorkerSlot | None:
+        """The room's spill worker, or the least-loaded other ready worker for a new one."""
+        known = self.homes.spill.get(room)
+        if known is not None:
+            slot = self.pool.by_id(known[0])
+            if slot is not None and slot.ready and slot.generation == known[1]:
+                return slot
+        others = [slot.load() for slot in self.pool.slots if slot.id != home.id]
+        chosen = choose_worker(others)
+        return self.pool.by_id(chosen) if chosen is not None else None
 
     def any_worker(self) -> WorkerSlot | None:
         chosen = choose_worker([slot.load() for slot in self.pool.slots])
@@ -178,6 +241,7 @@ async def signal_handler(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     sup.clients.add(ws)
     room: str | None = None
+    attached: str | None = None
     try:
         first = await ws.receive()  # as with one process: no deadline, heartbeats
         if first.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -190,13 +254,20 @@ async def signal_handler(request: web.Request) -> web.StreamResponse:
                 await _redirect(ws, first, elsewhere)
                 return ws
         slot = sup.home_of(room) if room is not None else sup.any_worker()
+        if room is not None and slot is not None:
+            slot = await sup.span_target(room, slot)
         if slot is None or slot.session is None:
             await _no_worker(ws, first)
             return ws
+        if room is not None:
+            attached = slot.id
+            sup.homes.attach(room, attached)
         await relay(ws, slot.session, first, forwarded_proto=request.scheme)
     finally:
         sup.clients.discard(ws)
         if room is not None:
+            if attached is not None:
+                sup.homes.detach(room, attached)
             sup.homes.release(room)
     return ws
 

@@ -29,6 +29,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 __all__ = ["WorkerSpec", "load_report", "main", "split_port_range", "worker_routes"]
 
 LOAD_PATH = "/internal/load"
+SPAN_OPEN_PATH = "/internal/span/open"  # supervisor → spill worker (sfu.workers.span)
+SPAN_LINK_PATH = "/internal/span/link"  # spill worker → home worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,9 @@ def worker_routes(app: web.Application, server: Server) -> None:
 
     app.router.add_get(LOAD_PATH, load)
     app.middlewares.append(forwarded_proto)
+    from sfu.workers.span import span_routes
+
+    span_routes(app, server)
 
 
 def read_spec() -> WorkerSpec:

@@ -1,0 +1,227 @@
+"""A room spanning two workers: ``serve --workers 2 --room-span-subscribers 2``.
+
+Real supervisor and worker processes, aiortc peers over loopback. The publisher and the
+first two subscribers land on the room's home worker; later joins on the other worker,
+which receives the room's tracks over the pipe (raw RTP on loopback UDP). Every subscriber
+decodes the frame counter and the tone, the spill worker's subscribers get a keyframe
+through the pipe (PLI back to the home worker), events cross the shards both ways, and
+``GET /v1/rooms`` lists both workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiortc import MediaStreamTrack
+from helpers.media import (
+    FrameCounterTrack,
+    ToneTrack,
+    collect,
+    dominant_frequency,
+    frames_to_samples,
+    read_frame_counter,
+)
+from helpers.server import ServerProcess
+
+from signaling.client import Participant, SignalError
+
+pytestmark = pytest.mark.integration
+
+# Above the kernel's ephemeral range; apart from the other worker tests' ranges.
+PORTS = (61800, 61999)
+WORKER_PORTS = {"0": (61800, 61899), "1": (61900, 61999)}
+T = 30.0
+TONE_HZ = 660.0
+GUEST_TONE_HZ = 880.0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(
+        Path(tmp_path_factory.mktemp("sfu-data")),
+        [
+            "--workers", "2",
+            "--ice-port-range", f"{PORTS[0]}-{PORTS[1]}",
+            "--room-span-subscribers", "2",
+        ],
+    ).start()  # fmt: skip
+    try:
+        yield process
+    finally:
+        code = process.stop()
+        assert code == 0, "the supervisor must exit cleanly:\n" + "".join(process.log_lines[-40:])
+
+
+def _rooms(server: ServerProcess) -> dict[str, dict[str, Any]]:
+    request = urllib.request.Request(server.http + "/v1/rooms")
+    request.add_header("Authorization", "Bearer " + server.token("ops", "ops", grants=("admin",)))
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return {room["id"]: room for room in json.loads(response.read())["rooms"]}
+
+
+async def _wait_room(server: ServerProcess, room: str, participants: int) -> dict[str, Any]:
+    deadline = time.monotonic() + T
+    while True:
+        entry = (await asyncio.to_thread(_rooms, server)).get(room)
+        if entry is not None and entry["participants"] == participants:
+            return entry
+        assert time.monotonic() < deadline, f"room {room} never showed {participants}: {entry}"
+        await asyncio.sleep(0.2)
+
+
+def _worker_of(participant: Participant) -> str:
+    """Which worker serves this participant: the ICE ports its server candidates use."""
+    pc = participant.subscribe_pc or participant.publish_pc
+    assert pc is not None and pc.remoteDescription is not None
+    ports = {
+        int(m.group(1))
+        for m in re.finditer(r"a=candidate:\S+ 1 udp \d+ \S+ (\d+) typ", pc.remoteDescription.sdp)
+    }
+    workers = {w for w, (low, high) in WORKER_PORTS.items() for p in ports if low <= p <= high}
+    assert len(workers) == 1, (ports, workers)
+    return workers.pop()
+
+
+async def _decodes(participant: Participant, track_id: str, *, tone: float | None) -> None:
+    track: MediaStreamTrack = (await participant.wait_remote_tracks([track_id], T))[track_id]
+    if tone is None:
+        frames = await collect(track, 10, timeout=T)
+        assert all(read_frame_counter(f) is not None for f in frames)  # type: ignore[arg-type]
+    else:
+        frames = await collect(track, 60, timeout=T)
+        samples = frames_to_samples(frames[20:])  # type: ignore[arg-type]
+        assert abs(dominant_frequency(samples, 48_000) - tone) < 5
+
+
+def _metric(server: ServerProcess, name: str) -> float:
+    with urllib.request.urlopen(server.http + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(float(v) for v in re.findall(rf"^{name}{{[^}}]*}} (\S+)", text, re.M))
+
+
+async def test_room_spans_two_workers(server: ServerProcess) -> None:
+    room = f"span-{uuid.uuid4().hex[:8]}"
+    people: list[Participant] = []
+
+    async def join(identity: str, tracks: list[MediaStreamTrack] | None = None) -> Participant:
+        participant = await Participant.join(
+            server.url, server.token(room, identity), publish_tracks=tracks or [], timeout=T
+        )
+        people.append(participant)
+        return participant
+
+    try:
+        host = await join("host", [FrameCounterTrack(), ToneTrack(TONE_HZ)])
+        video, audio = (
+            next(t for t, info in host.published.items() if info["kind"] == kind)
+            for kind in ("video", "audio")
+        )
+        near = [await join("near-1"), await join("near-2")]
+        for participant in near:
+            await _decodes(participant, video, tone=None)
+        await asyncio.sleep(1.5)  # the keyframe the near subscribers started on is now stale
+        far = [await join("far-1"), await join("far-2")]
+        for participant in far:
+            await participant.wait_remote_tracks([video, audio], T)  # offered: a subscribe PC
+        home = _worker_of(host)
+        assert [_worker_of(p) for p in near] == [home, home]
+        spill = _worker_of(far[0])
+        assert spill != home and _worker_of(far[1]) == spill
+
+        # `joined` on the spill worker lists everyone and every track, as on one worker.
+        assert {p["identity"] for p in far[1].joined["participants"]} == {
+            "host",
+            "near-1",
+            "near-2",
+            "far-1",
+        }
+        assert {t["id"] for t in far[0].joined["tracks"]} == {video, audio}
+        entry = await _wait_room(server, room, 5)
+        assert sorted(entry["workers"]) == ["0", "1"]
+
+        # Media through the pipe: frames decode (a keyframe came via a PLI back through the
+        # pipe: the last one was over a second old) and the tone is the tone.
+        for participant in far:
+            await _decodes(participant, video, tone=None)
+            await _decodes(participant, audio, tone=TONE_HZ)
+        assert await asyncio.to_thread(_metric, server, "sfu_pipe_keyframe_requests") >= 1
+        assert await asyncio.to_thread(_metric, server, "sfu_pipe_tracks") == 2
+
+        # Mute on the home worker is seen on the spill worker, and back.
+        await host.mute(video, True)
+        update = await far[0].next_event(
+            "track.updated", lambda m: m["track"]["id"] == video, timeout=T
+        )
+        assert update["track"]["muted"] is True
+        await host.mute(video, False)
+        update = await far[0].next_event(
+            "track.updated", lambda m: m["track"]["id"] == video, timeout=T
+        )
+        assert update["track"]["muted"] is False
+        await _decodes(far[0], video, tone=None)  # restarted on a keyframe after unmute
+
+        # A participant on the spill worker publishes: piped the other way.
+        guest = far[1]
+        (guest_tone,) = await guest.publish([ToneTrack(GUEST_TONE_HZ)], timeout=T)
+        published = await host.next_event(
+            "track.published", lambda m: m["track"]["id"] == guest_tone, timeout=T
+        )
+        assert published["track"]["participant"] == guest.id
+        await _decodes(host, guest_tone, tone=GUEST_TONE_HZ)
+        await _decodes(far[0], guest_tone, tone=GUEST_TONE_HZ)  # same worker: no pipe
+
+        # Leaves cross the shards: on the home worker seen on the spill worker and back.
+        leaving = near[0]
+        await leaving.leave()
+        people.remove(leaving)
+        left = await far[0].next_event(
+            "participant.left", lambda m: m["participant"]["id"] == leaving.id, timeout=T
+        )
+        assert left["participant"]["identity"] == "near-1"
+        await guest.leave()
+        people.remove(guest)
+        gone = await host.next_event(
+            "track.unpublished", lambda m: m["track"]["id"] == guest_tone, timeout=T
+        )
+        assert gone["track"]["participant"] == guest.id
+        await host.next_event(
+            "participant.left", lambda m: m["participant"]["id"] == guest.id, timeout=T
+        )
+        await _wait_room(server, room, 3)
+        await _decodes(far[0], video, tone=None)  # the remaining pipe still carries media
+    finally:
+        await asyncio.gather(*(p.close() for p in people), return_exceptions=True)
+
+
+async def test_recording_a_spanning_room_is_refused_clearly(server: ServerProcess) -> None:
+    room = f"span-rec-{uuid.uuid4().hex[:8]}"
+    people: list[Participant] = []
+    try:
+        for index in range(3):
+            people.append(
+                await Participant.join(server.url, server.token(room, f"p{index}"), timeout=T)
+            )
+        agent = await Participant.join(
+            server.url,
+            server.token(room, "agent", role="agent", grants=("publish", "subscribe", "record")),
+            timeout=T,
+        )
+        people.append(agent)
+        assert sorted((await _wait_room(server, room, 4))["workers"]) == ["0", "1"]
+        with pytest.raises(SignalError) as refused:
+            await agent.signal.request(
+                {"type": "recording.start", "scope": ["audio"], "notice": "We record."}, T
+            )
+        assert refused.value.code == "conflict"
+        assert "spans workers" in str(refused.value)
+    finally:
+        await asyncio.gather(*(p.close() for p in people), return_exceptions=True)
