@@ -90,6 +90,9 @@ class Homes:
         gone = [room for room, (home, _) in self.worker.items() if home == worker]
         for room in gone:
             del self.worker[room]
+            spill = self.spill.pop(room, None)
+            if spill is not None:  # its spill shard lives on: the room's home from now on
+                self.worker[room] = spill
         for room in [room for room, (spill, _) in self.spill.items() if spill == worker]:
             del self.spill[room]
         return gone

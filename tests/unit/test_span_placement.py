@@ -122,3 +122,16 @@ async def test_the_room_forgets_its_spill_worker_when_it_ends(setup: Setup) -> N
         sup.homes.release("r")
     assert "r" not in sup.homes.spill and "r" not in sup.homes.worker
     assert sup.homes.count("r", home.id) == 0
+
+
+async def test_a_dead_home_hands_the_room_to_its_spill_worker(setup: Setup) -> None:
+    sup, _ = setup
+    home = sup.home_of("r")
+    assert home is not None
+    for _ in range(3):
+        _join(sup, "r", home)
+    spill = await sup.span_target("r", home)
+    assert spill is not home
+    sup.homes.forget_worker(home.id)
+    assert sup.home_of("r") is spill  # rejoins go where the room still lives
+    assert "r" not in sup.homes.spill
