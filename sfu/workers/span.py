@@ -86,6 +86,7 @@ class Spans:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.links: dict[str, ShardLink] = {}
+        self._opening: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _spawn(self, coro: Any) -> None:
@@ -117,10 +118,28 @@ class Spans:
     # --- the spill worker's end ---------------------------------------------------------
 
     async def open_spill(self, room_id: str, home_socket: str) -> None:
-        """Open this worker's shard of ``room_id`` (homed behind ``home_socket``)."""
+        """Open this worker's shard of ``room_id`` (homed behind ``home_socket``).
+
+        Returns once the home's state is applied, so the join that follows sees everyone;
+        concurrent opens of one room wait for the first."""
         existing = self.links.get(room_id)
         if existing is not None and not existing.closed:
             return
+        opening = self._opening.get(room_id)
+        if opening is not None:
+            await asyncio.shield(opening)
+            if room_id not in self.links:
+                raise ShardProtocolError("opening the shard failed")
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._opening[room_id] = done
+        try:
+            await self._open_spill(room_id, home_socket)
+        finally:
+            del self._opening[room_id]
+            done.set_result(None)
+
+    async def _open_spill(self, room_id: str, home_socket: str) -> None:
         session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=home_socket))
         endpoint = PipeEndpoint()
         link: ShardLink | None = None
