@@ -178,6 +178,13 @@ async def test_room_spans_two_workers(server: ServerProcess) -> None:
         assert published["track"]["participant"] == guest.id
         await _decodes(host, guest_tone, tone=GUEST_TONE_HZ)
         await _decodes(far[0], guest_tone, tone=GUEST_TONE_HZ)  # same worker: no pipe
+        # The home worker hears both speakers (the guest's levels come through the pipe) and
+        # both shards' clients are told.
+        for listener in (near[1], far[0]):
+            event = await listener.next_event(
+                "speaker.changed", lambda e: set(e["speakers"]) == {host.id, guest.id}, timeout=T
+            )
+            assert len(event["speakers"]) == 2
 
         # Leaves cross the shards: on the home worker seen on the spill worker and back.
         leaving = near[0]
