@@ -42,6 +42,7 @@ webhook_retry_max_s      SFU_WEBHOOK_RETRY_MAX   --webhook-retry-max   30
 webhook_queue_size       SFU_WEBHOOK_QUEUE_SIZE  --webhook-queue-size  10000 (per URL)
 redis_url                SFU_REDIS_URL           --redis               none (webhooks, consent)
 drain_deadline_s         SFU_DRAIN_DEADLINE      --drain-deadline      300
+resume_window_s          SFU_RESUME_WINDOW       --resume-window       30 (0: no resumption)
 max_message_bytes        -                       -                     65536
 subscriber_queue_bytes   -                       -                     262144 (256 KiB)
 =======================  ======================  ====================  ==========================
@@ -92,6 +93,7 @@ _HOSTNAME_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_TURN_TTL_S = 7 * 86400.0
 _MAX_DRAIN_DEADLINE_S = 86400.0
+_MAX_RESUME_WINDOW_S = 3600.0
 _MIN_WEBHOOK_KEY_LEN = 32
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -459,6 +461,9 @@ _check_retry_max = _check_seconds(minimum=0.0, maximum=86400.0, inclusive_min=Fa
 _check_drain_deadline = _check_seconds(
     minimum=0.0, maximum=_MAX_DRAIN_DEADLINE_S, inclusive_min=True
 )
+_check_resume_window = _check_seconds(
+    minimum=0.0, maximum=_MAX_RESUME_WINDOW_S, inclusive_min=True
+)
 
 OPTIONS: tuple[Option, ...] = (
     Option("host", "SFU_HOST", "--host", "ADDR",
@@ -543,6 +548,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("drain_deadline_s", "SFU_DRAIN_DEADLINE", "--drain-deadline", "SECONDS",
            "on SIGTERM, wait at most this long for participants to leave (default 300; "
            "SIGINT waits at most 5)", _parse_float, _check_drain_deadline),
+    Option("resume_window_s", "SFU_RESUME_WINDOW", "--resume-window", "SECONDS",
+           "a participant whose signalling connection drops is kept this long for a "
+           "'join' with 'resume' (default 30; 0 disables)", _parse_float, _check_resume_window),
     Option("max_message_bytes", None, None, "BYTES",
            "largest signalling message accepted", None, _check_positive_int),
     Option("subscriber_queue_bytes", None, None, "BYTES",
@@ -594,6 +602,7 @@ class Settings:
     webhook_queue_size: int = 10000
     redis_url: str | None = field(default=None, repr=False)
     drain_deadline_s: float = 300.0
+    resume_window_s: float = 30.0
     max_message_bytes: int = 65536
     subscriber_queue_bytes: int = 256 * 1024
 
@@ -690,6 +699,7 @@ class Settings:
             "webhook_queue_size": self.webhook_queue_size,
             "redis_url": _redact_url(self.redis_url) if self.redis_url else None,
             "drain_deadline_s": self.drain_deadline_s,
+            "resume_window_s": self.resume_window_s,
             "max_message_bytes": self.max_message_bytes,
             "subscriber_queue_bytes": self.subscriber_queue_bytes,
         }

@@ -56,6 +56,8 @@ class Subscriber:
         self._paused: dict[str, bool] = {}
         self._answer: asyncio.Future[str] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._offer: dict[str, Any] | None = None  # the last offer sent, for a resend
+        self._unanswered = False  # the last offer timed out: offer again when asked
         self._dirty = False
         self._closed = False
 
@@ -83,15 +85,25 @@ class Subscriber:
         if not self._closed and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._negotiate())
 
+    def resend_offer(self) -> None:
+        """The client reconnected: send the unanswered offer again (or a fresh one if
+        it timed out meanwhile), since the old socket may have swallowed it."""
+        if self._answer is not None and not self._answer.done() and self._offer is not None:
+            self._send(self._offer)
+        elif self._unanswered:
+            self._schedule()
+
     async def _negotiate(self) -> None:
         while self._dirty and not self._closed:
             self._dirty = False
-            if not self._apply_changes():
+            if not self._apply_changes() and not self._unanswered:
                 continue
+            self._unanswered = False
             try:
                 await self._offer_and_wait()
             except TimeoutError:
                 log.warning("subscribe_answer_timeout", participant=self.participant_id)
+                self._unanswered = True
                 return
             except Exception as exc:  # noqa: BLE001 - keep the session alive
                 log.warning(
@@ -186,13 +198,12 @@ class Subscriber:
         mids = {t.mid: track_id for track_id, t in self._transceivers.items()}
         self._answer = asyncio.get_running_loop().create_future()
         self.negotiations += 1
-        self._send(
-            {
-                "type": "offer",
-                "sdp": announce_address(pc.localDescription.sdp, self._media.announce_ip),
-                "tracks": mids,
-            }
-        )
+        self._offer = {
+            "type": "offer",
+            "sdp": announce_address(pc.localDescription.sdp, self._media.announce_ip),
+            "tracks": mids,
+        }
+        self._send(self._offer)
         try:
             answer = await asyncio.wait_for(self._answer, ANSWER_TIMEOUT_S)
         finally:

@@ -16,6 +16,7 @@ from sfu.tokens import TokenError
 from signaling.access import verify_access_token
 from signaling.consent_handlers import CONSENT_HANDLERS
 from signaling.messages import ProtocolError, optional, require
+from signaling.resume import MAX_SECRET_CHARS, claim
 
 if TYPE_CHECKING:
     from sfu.producer import Producer
@@ -102,6 +103,14 @@ async def on_join(session: SignalSession, message: dict[str, Any], request_id: s
     asked_room = optional(message, "room", str, max_len=128)
     if asked_room is not None and asked_room != claims.room:
         raise ProtocolError("forbidden", "the token is for another room")
+    secret = optional(message, "resume", str, max_len=MAX_SECRET_CHARS)
+    if secret is not None:
+        resumed = claim(server.rooms.get(claims.room), secret, claims.identity)
+        if resumed is not None:
+            await _resume(session, resumed, request_id)
+            return
+        # Unknown, expired or someone else's: a fresh join (`resumed` false tells the
+        # client to publish again and rebuild its peer connections).
     room = server.rooms.get_or_create(claims.room)
     participant = Participant(
         participant_id=new_id("PA"),
@@ -115,21 +124,50 @@ async def on_join(session: SignalSession, message: dict[str, Any], request_id: s
     session.room = room
     session.log = participant.log
     session.start_writer(participant)
-    session.reply(
-        request_id,
-        {
-            "type": "joined",
-            "participant": participant.describe(),
-            "room": room.describe(),
-            "participants": [p.describe() for p in room.participants.values()],
-            "tracks": [t.describe() for t in room.tracks.values()],
-            "recording": _recording_state(session, room),
-            "ice_servers": server.ice_servers_for(participant.id),
-        },
-    )
+    session.reply(request_id, _joined_message(session, participant, room, resumed=False))
     room.join(participant)
     if server.recordings is not None:
         await server.recordings.participant_joined(room, participant)
+
+
+def _joined_message(
+    session: SignalSession, participant: Participant, room: Room, *, resumed: bool
+) -> dict[str, Any]:
+    """``joined``; ``resume``, ``resume_window`` and ``resumed`` are additions to v1."""
+    server = session.server
+    return {
+        "type": "joined",
+        "participant": participant.describe(),
+        "room": room.describe(),
+        "participants": [p.describe() for p in room.participants.values()],
+        "tracks": [t.describe() for t in room.tracks.values()],
+        "recording": _recording_state(session, room),
+        "ice_servers": server.ice_servers_for(participant.id),
+        "resume": participant.resume_secret,
+        "resume_window": server.settings.resume_window_s,
+        "resumed": resumed,
+    }
+
+
+async def _resume(session: SignalSession, participant: Participant, request_id: str | None) -> None:
+    """Attach this connection to a kept participant and resend what it may have missed."""
+    server, room = session.server, participant.room
+    previous = participant.connection
+    if previous is not None and previous is not session:
+        previous.replaced()  # two sockets: the newest wins
+    participant.fresh_outbox()
+    session.room = room
+    session.log = participant.log
+    session.start_writer(participant)
+    session.reply(request_id, _joined_message(session, participant, room, resumed=True))
+    # Events queued for the dead socket were dropped: `joined` carries the state, and what
+    # needs an answer is asked again.
+    participant.subscriber.resend_offer()
+    if server.draining:
+        session.send({"type": "server.draining", "deadline": server.drain_remaining()})
+    if server.recordings is not None:
+        server.recordings.participant_resumed(room, participant)
+    participant.log.info("participant_resumed")
 
 
 async def on_publish(

@@ -39,6 +39,8 @@ from signaling.client.signal import (
 
 logger = logging.getLogger(__name__)
 
+RECONNECTING = 4000  # our close code for a socket given up for a new one (not a leave)
+
 
 class Participant:
     """One participant of a room: signalling plus a publish and a subscribe peer connection.
@@ -71,6 +73,7 @@ class Participant:
         self.remote_tracks: dict[str, MediaStreamTrack] = {}
         self.errors: list[BaseException] = []
         self.subscribe_negotiations = 0
+        self.token: str | None = None  # the access token of the last join (for resume)
         self._on_track = on_track
         self._drain = drain
         self._timeout = timeout
@@ -117,6 +120,7 @@ class Participant:
                 use_server_ice_servers=use_server_ice_servers,
                 timeout=timeout,
             )
+            participant.token = token
             try:
                 reply = await signal.request({"type": "join", "token": token}, timeout)
                 if reply["type"] == "redirect":
@@ -150,6 +154,47 @@ class Participant:
     def room(self) -> str:
         """The room id (from ``joined.room.id``)."""
         return str(self.joined["room"]["id"])
+
+    @property
+    def resume_secret(self) -> str | None:
+        """``joined.resume``: lets a new connection take this participant over."""
+        secret = self.joined.get("resume")
+        return secret if isinstance(secret, str) else None
+
+    # reconnecting
+
+    async def resume(
+        self, url: str | None = None, token: str | None = None, timeout: float | None = None
+    ) -> bool:
+        """Open a new signalling connection and ``join`` with ``resume``.
+
+        True: the server kept this participant (same id, tracks, subscriptions, peer
+        connections). False: it did not (window expired): this is now a fresh
+        participant with a new id, and the caller must publish again on new peer
+        connections. The old connection is closed either way.
+        """
+        token = token or self.token
+        if token is None:
+            raise ValueError("resume needs the access token used to join")
+        old = self.signal
+        signal = await SignalClient.connect(url or old.url, timeout=self._t(timeout))
+        signal.add_listener(self._on_message)
+        self.signal = signal
+        message: dict[str, Any] = {"type": "join", "token": token}
+        if self.resume_secret is not None:
+            message["resume"] = self.resume_secret
+        try:
+            reply = await signal.request(message, self._t(timeout))
+        finally:
+            # Never close the old socket with 1000 first: that means "I left". A resumed
+            # server closes it itself (4409); give that a moment to arrive.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await old.wait_closed(1.0)
+            await old.close(code=RECONNECTING, timeout=1.0)
+        if reply.get("type") != "joined":
+            raise ProtocolError(f"expected joined, got {reply.get('type')}")
+        self.token = token
+        return bool(reply.get("resumed"))
 
     # publishing
 

@@ -1,0 +1,169 @@
+"""Session resumption: a dropped signalling socket, resumed within the window, loses nothing.
+
+Real server process, real aiortc peers on loopback. The socket is dropped without a close
+frame (as a network loss would), and the participant comes back with ``join`` + ``resume``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import pytest
+from aiortc import MediaStreamTrack
+from helpers.media import FrameCounterTrack, ToneTrack, collect, read_frame_counter
+from helpers.server import ServerProcess
+
+from signaling.client import Participant, SignalClient
+
+pytestmark = pytest.mark.integration
+
+SHORT_WINDOW_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def short_window_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(
+        Path(tmp_path_factory.mktemp("sfu-data")),
+        ["--resume-window", str(SHORT_WINDOW_S)],
+    ).start()
+    try:
+        yield process
+    finally:
+        assert process.stop() == 0, "".join(process.log_lines[-40:])
+
+
+async def _counters(track: MediaStreamTrack, count: int) -> list[int]:
+    frames = await collect(track, count, timeout=15.0)
+    values = [read_frame_counter(f) for f in frames if isinstance(f, av.VideoFrame)]
+    return [v for v in values if v is not None]
+
+
+def _membership_events(participant: Participant, about: str) -> list[str]:
+    return [
+        str(m["type"])
+        for m in participant.signal.buffered(("participant.joined", "participant.left"))
+        if m.get("participant", {}).get("id") == about
+    ]
+
+
+async def test_dropped_socket_resumes_same_participant(server: ServerProcess, room: str) -> None:
+    alice = await Participant.join(
+        server.url, server.token(room, "alice"), publish_tracks=[FrameCounterTrack()]
+    )
+    bob = await Participant.join(
+        server.url, server.token(room, "bob"), publish_tracks=[FrameCounterTrack()]
+    )
+    try:
+        alice_video = next(iter(alice.published))
+        bob_video = next(iter(bob.published))
+        received = await bob.wait_remote_tracks([alice_video], timeout=15.0)
+        await alice.wait_remote_tracks([bob_video], timeout=15.0)
+        # A subscription choice made before the drop must survive it.
+        await alice.unsubscribe([bob_video])
+        first = await _counters(received[alice_video], 5)
+        alice_id, secret = alice.id, alice.resume_secret
+        assert secret
+
+        alice.signal.abort()  # no close frame: the server must keep alice
+        await asyncio.wait_for(alice.signal.wait_closed(), 10.0)
+        # While alice is away bob publishes audio: alice must get it after resuming.
+        [bob_audio] = await bob.publish([ToneTrack()])
+        # Media from alice keeps flowing to bob while her signalling is down.
+        during = await _counters(received[alice_video], 5)
+
+        assert await alice.resume()
+        assert alice.id == alice_id
+        assert alice.joined["resumed"] is True
+        assert alice_video in {t["id"] for t in alice.joined["tracks"]}
+        assert {p["id"] for p in alice.joined["participants"]} == {alice_id, bob.id}
+        after = await _counters(received[alice_video], 5)
+        assert first[-1] < during[0] <= during[-1] < after[0]  # one continuous stream
+        await alice.wait_remote_tracks([bob_audio], timeout=15.0)  # the missed offer
+        assert bob_video not in alice.remote_tracks  # still unsubscribed
+        assert await alice.mute(alice_video, True)  # requests work on the new socket
+        await asyncio.sleep(0.5)
+        assert _membership_events(bob, alice_id) == []  # bob never saw alice leave
+    finally:
+        await alice.leave()
+        await bob.leave()
+
+
+async def test_second_connection_takes_over(server: ServerProcess, room: str) -> None:
+    token = server.token(room, "alice")
+    alice = await Participant.join(server.url, token, publish_tracks=[FrameCounterTrack()])
+    try:
+        old = alice.signal
+        assert await alice.resume()  # the old socket is still open: the new one wins
+        assert old.closed
+        assert old.closed_code == 4409
+        reply = await alice.signal.request({"type": "ping"})
+        assert reply["type"] == "pong"
+    finally:
+        await alice.leave()
+
+
+async def test_wrong_secret_is_a_fresh_join(server: ServerProcess, room: str) -> None:
+    token = server.token(room, "alice")
+    alice = await Participant.join(server.url, token)
+    other = await SignalClient.connect(server.url)
+    try:
+        reply = await other.request({"type": "join", "token": token, "resume": "not-it"})
+        assert reply["type"] == "joined" and reply["resumed"] is False
+        assert reply["participant"]["id"] != alice.id
+        # Another identity's token cannot take alice over with her secret either.
+        mallory = await SignalClient.connect(server.url)
+        try:
+            stolen = await mallory.request(
+                {
+                    "type": "join",
+                    "token": server.token(room, "mallory"),
+                    "resume": alice.resume_secret,
+                }
+            )
+            assert stolen["resumed"] is False and stolen["participant"]["id"] != alice.id
+            assert not alice.signal.closed
+        finally:
+            await mallory.close()
+    finally:
+        await other.close()
+        await alice.leave()
+
+
+async def test_leave_after_the_window(short_window_server: ServerProcess, room: str) -> None:
+    server = short_window_server
+    alice = await Participant.join(server.url, server.token(room, "alice"))
+    bob = await Participant.join(server.url, server.token(room, "bob"))
+    try:
+        alice_id = alice.id
+        alice.signal.abort()
+        await asyncio.sleep(SHORT_WINDOW_S / 4)
+        assert _membership_events(bob, alice_id) == []  # kept during the window
+        left = await bob.next_event(
+            "participant.left", lambda m: m["participant"]["id"] == alice_id, timeout=10.0
+        )
+        assert left["participant"]["identity"] == "alice"
+        assert not await alice.resume()  # expired: a fresh participant
+        assert alice.id != alice_id
+    finally:
+        await alice.leave()
+        await bob.leave()
+
+
+async def test_clean_close_leaves_at_once(short_window_server: ServerProcess, room: str) -> None:
+    server = short_window_server
+    alice = await Participant.join(server.url, server.token(room, "alice"))
+    bob = await Participant.join(server.url, server.token(room, "bob"))
+    try:
+        alice_id = alice.id
+        await alice.signal.close(code=1000)  # a client that closes on purpose is gone
+        await bob.next_event(
+            "participant.left",
+            lambda m: m["participant"]["id"] == alice_id,
+            timeout=SHORT_WINDOW_S / 2,
+        )
+    finally:
+        await alice.close()
+        await bob.leave()
