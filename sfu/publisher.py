@@ -8,6 +8,7 @@ switch to a codec its subscribers never negotiated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -51,8 +52,28 @@ class Publisher:
         self._on_removed = on_removed
         self.ingress = Ingress(on_stale=self._remove, stale_after_s=media.stale_after_s)
         self.transport: MediaTransport | None = None
+        self.ice_restarts = 0  # publish offers that restarted ICE
         self._lock = asyncio.Lock()
+        self._offers = 0  # publish offers received and not yet applied
+        self._settled = asyncio.Event()
+        self._settled.set()
         self._closed = False
+
+    def expect_offer(self) -> None:
+        """An offer arrived (its negotiation may start later): trickled candidates that
+        follow it must wait for it, or an ICE restart would discard them."""
+        self._offers += 1
+        self._settled.clear()
+
+    def offer_done(self) -> None:
+        self._offers = max(0, self._offers - 1)
+        if not self._offers:
+            self._settled.set()
+
+    async def settled(self) -> None:
+        """Wait (bounded) until every offer received so far has been applied."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), NEGOTIATION_TIMEOUT_S)
 
     async def negotiate(self, offer: str) -> tuple[str, list[Producer]]:
         """Apply a publish offer; returns (answer SDP, producers added by it)."""
@@ -84,6 +105,12 @@ class Publisher:
 
     async def _answer(self, offer: str) -> str:
         pc = self._peer_connection()
+        restart = bridge.is_ice_restart(pc, offer)
+        if restart:
+            try:
+                bridge.begin_ice_restart(pc)  # our answer then carries new credentials
+            except bridge.IceRestartError as exc:
+                raise SdpError(f"ICE restart: {exc}") from None
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         for transceiver in pc.getTransceivers():
             if not isinstance(transceiver.receiver, bridge.ForwardingReceiver):
@@ -98,6 +125,9 @@ class Publisher:
         await pc.setLocalDescription(answer)
         assert self.transport is not None
         self.transport.attach()
+        if restart:
+            self.transport.restart_ice(offer)
+            self.ice_restarts += 1
         return str(pc.localDescription.sdp)
 
     def _peer_connection(self) -> Any:

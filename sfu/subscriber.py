@@ -58,6 +58,7 @@ class Subscriber:
         self._task: asyncio.Task[None] | None = None
         self._offer: dict[str, Any] | None = None  # the last offer sent, for a resend
         self._unanswered = False  # the last offer timed out: offer again when asked
+        self._ice_restart = False  # the next offer restarts ICE (until one is answered)
         self._dirty = False
         self._closed = False
 
@@ -85,6 +86,15 @@ class Subscriber:
         if not self._closed and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._negotiate())
 
+    def restart_ice(self) -> bool:
+        """Offer new ICE credentials (the client's network changed); False before the
+        subscribe PC exists."""
+        if self.transport is None or self._closed:
+            return False
+        self._ice_restart = True
+        self._schedule()
+        return True
+
     def resend_offer(self) -> None:
         """The client reconnected: send the unanswered offer again (or a fresh one if
         it timed out meanwhile), since the old socket may have swallowed it."""
@@ -96,7 +106,7 @@ class Subscriber:
     async def _negotiate(self) -> None:
         while self._dirty and not self._closed:
             self._dirty = False
-            if not self._apply_changes() and not self._unanswered:
+            if not self._apply_changes() and not (self._unanswered or self._ice_restart):
                 continue
             self._unanswered = False
             try:
@@ -192,6 +202,13 @@ class Subscriber:
     async def _offer_and_wait(self) -> None:
         assert self.transport is not None
         pc = self.transport.pc
+        restart = self._ice_restart
+        if restart:
+            try:
+                bridge.begin_ice_restart(pc)
+            except bridge.IceRestartError as exc:
+                log.info("ice_restart_skipped", participant=self.participant_id, reason=str(exc))
+                restart = self._ice_restart = False
         offer = await pc.createOffer()
         await pc.setLocalDescription(offer)
         self.transport.attach()
@@ -209,6 +226,9 @@ class Subscriber:
         finally:
             self._answer = None
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        if restart:
+            self._ice_restart = False
+            self.transport.restart_ice(answer)
 
     def on_answer(self, sdp: str) -> bool:
         """The client's answer to our offer; False if none is outstanding.

@@ -176,10 +176,14 @@ async def on_publish(
     participant, room = _joined(session)
     _need(participant, "publish")
     sdp = require(message, "sdp", str)
+    restarts = participant.publisher.ice_restarts
     try:
         answer, added = await participant.publisher.negotiate(sdp)
     except SdpError as exc:
         raise ProtocolError("bad_request", f"publish: {exc}") from None
+    if participant.publisher.ice_restarts != restarts:
+        # The client's network changed: its subscribe path is as dead as its publish path.
+        participant.subscriber.restart_ice()
     # `mid` (an addition to v1) maps each track to the client's own transceiver.
     tracks = [{**p.describe(), "mid": p.mid} for p in participant.publisher.producers.values()]
     session.reply(request_id, {"type": "published", "sdp": answer, "tracks": tracks})
@@ -209,6 +213,8 @@ async def on_candidate(
     which = require(message, "pc", str)
     if which not in ("publish", "subscribe"):
         raise ProtocolError("bad_request", "'pc' must be 'publish' or 'subscribe'")
+    if which == "publish":
+        await participant.publisher.settled()  # after the offer it follows, not before
     pc = participant.publisher.pc if which == "publish" else participant.subscriber.pc
     if pc is None:
         raise ProtocolError("bad_request", f"there is no {which} peer connection yet")
@@ -317,6 +323,22 @@ async def on_track_settings(
     _ok(session, request_id)
 
 
+async def on_ice_restart(
+    session: SignalSession, message: dict[str, Any], request_id: str | None
+) -> None:
+    """``ice.restart`` {``pc``: "subscribe"} (an addition to v1): re-offer the subscribe PC
+    with new ICE credentials. The publish PC restarts by a ``publish`` offer with new ones."""
+    participant, _ = _joined(session)
+    which = optional(message, "pc", str) or "subscribe"
+    if which != "subscribe":
+        raise ProtocolError(
+            "bad_request", "only 'subscribe': restart the publish PC with a new 'publish' offer"
+        )
+    if not participant.subscriber.restart_ice():
+        raise ProtocolError("conflict", "there is no subscribe peer connection to restart")
+    _ok(session, request_id)
+
+
 async def on_leave(session: SignalSession, message: dict[str, Any], request_id: str | None) -> None:
     session.close_after_flush(1000)
 
@@ -334,6 +356,7 @@ HANDLERS: dict[str, Handler] = {
     "unsubscribe": on_unsubscribe,
     "mute": on_mute,
     "track.settings": on_track_settings,
+    "ice.restart": on_ice_restart,
     "leave": on_leave,
     "ping": on_ping,
 }

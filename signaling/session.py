@@ -151,11 +151,15 @@ class SignalSession:
             self._refuse(exc.request_id, self._before_join(exc))
             return
         if message["type"] in CONCURRENT and self.participant is not None:
-            # Negotiating a publish takes a while; the answer to the subscribe offer and
-            # candidates must not wait behind it (the publisher serialises its own offers).
+            # Negotiating a publish takes a while; the answer to the subscribe offer must
+            # not wait behind it (the publisher serialises its own offers, and publish
+            # candidates that follow wait for it).
+            publisher = self.participant.publisher
+            publisher.expect_offer()
             task = asyncio.get_running_loop().create_task(
                 self._handle(dispatch, message, request_id)
             )
+            task.add_done_callback(lambda _: publisher.offer_done())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
             return

@@ -20,6 +20,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
+from sfu import aiortc_bridge as bridge
 from signaling.client.sdp import (
     answer_offer,
     create_offer,
@@ -74,6 +75,8 @@ class Participant:
         self.errors: list[BaseException] = []
         self.subscribe_negotiations = 0
         self.token: str | None = None  # the access token of the last join (for resume)
+        # ICE restarts in progress or done: each task returns True once a new pair works.
+        self.ice_restarts: list[asyncio.Task[bool]] = []
         self._on_track = on_track
         self._drain = drain
         self._timeout = timeout
@@ -196,6 +199,33 @@ class Participant:
         self.token = token
         return bool(reply.get("resumed"))
 
+    async def restart_ice(
+        self, timeout: float | None = None, *, host_addresses: Sequence[str] = ()
+    ) -> None:
+        """Restart ICE on both peer connections, keeping DTLS, SRTP and every track.
+
+        The publish PC offers new credentials (``publish``); the server then re-offers
+        the subscribe PC with new ones too (or, with no publish PC, is asked to with
+        ``ice.restart``). ``host_addresses``: gather new host candidates there first,
+        as a client that moved to another network would. Returns once both new offers
+        and answers are applied; :attr:`ice_restarts` tell when connectivity is back.
+        """
+        for pc in (self.publish_pc, self.subscribe_pc):
+            if pc is not None and host_addresses:
+                await bridge.add_host_candidates(pc, host_addresses)
+        answered = self.subscribe_negotiations
+        if self.publish_pc is not None:
+            async with self._publish_lock:
+                await self._negotiate_publish(timeout, ice_restart=True)
+        elif self.subscribe_pc is not None:
+            await self.signal.request({"type": "ice.restart", "pc": "subscribe"}, self._t(timeout))
+        if self.subscribe_pc is not None:
+            async with self._changed:
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: self.subscribe_negotiations > answered),
+                    self._t(timeout),
+                )
+
     # publishing
 
     async def publish(
@@ -233,14 +263,20 @@ class Participant:
             await _deactivate([transceiver])
             await self._negotiate_publish(timeout)
 
-    async def _negotiate_publish(self, timeout: float | None) -> list[Message]:
+    async def _negotiate_publish(
+        self, timeout: float | None, *, ice_restart: bool = False
+    ) -> list[Message]:
         pc = self.publish_pc
         assert pc is not None
+        if ice_restart:
+            bridge.begin_ice_restart(pc)  # the offer carries new ICE credentials
         offer = await create_offer(pc)
         reply = await self.signal.request({"type": "publish", "sdp": offer}, self._t(timeout))
         if reply.get("type") != "published" or not isinstance(reply.get("sdp"), str):
             raise ProtocolError(f"expected published with sdp, got {reply.get('type')}")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+        if ice_restart:
+            self.ice_restarts.append(bridge.finish_ice_restart(pc, reply["sdp"]))
         pending, self._publish_candidates = self._publish_candidates, []
         for candidate in pending:
             await pc.addIceCandidate(ice_candidate(candidate))
@@ -449,8 +485,13 @@ class Participant:
         """Apply a server offer on the subscribe PC (created on the first one) and answer."""
         if self.subscribe_pc is None:
             self.subscribe_pc = RTCPeerConnection(self._configuration())
+        restart = bridge.is_ice_restart(self.subscribe_pc, sdp)
+        if restart:
+            bridge.begin_ice_restart(self.subscribe_pc)  # before its candidates are added
         answer = await answer_offer(self.subscribe_pc, sdp)
         await self.signal.send({"type": "answer", "sdp": answer})
+        if restart:
+            self.ice_restarts.append(bridge.finish_ice_restart(self.subscribe_pc, sdp))
         self.subscribe_negotiations += 1
         await self._reconcile_remote_tracks(received_tracks(self.subscribe_pc, offered_tracks(sdp)))
 
