@@ -139,7 +139,7 @@ def _joined_message(
         "type": "joined",
         "participant": participant.describe(),
         "room": room.describe(),
-        "participants": [p.describe() for p in room.participants.values()],
+        "participants": [p.describe() for p in room.participants.values() if p is not participant],
         "tracks": [t.describe() for t in room.tracks.values()],
         "recording": _recording_state(session, room),
         "ice_servers": server.ice_servers_for(participant.id),

@@ -1,0 +1,130 @@
+"""Reconnection in real Chromium: a dropped signalling socket resumes the same participant,
+and an ICE restart from the page renegotiates ICE in place on both peer connections.
+
+What this covers: the browser client's resume and ``restartIce()`` paths against the real
+server (new ICE credentials on both PCs, same participant, same PCs, media flowing after).
+Chromium's path cannot be blackholed from here, so the restart runs over a working network;
+tests/integration/test_ice_restart.py covers a client that really moves to another address.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from helpers.browser import MEASURED, CallPage, open_page, poll
+from helpers.server import ServerProcess
+from playwright.async_api import BrowserContext, expect
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
+
+UFRAGS = """() => {
+    const o = window.__oktorus;
+    const ufrag = (pc) => {
+        const m = pc && pc.remoteDescription && /a=ice-ufrag:(\\S+)/.exec(pc.remoteDescription.sdp);
+        return m ? m[1] : null;
+    };
+    return {publish: ufrag(o.publishPc), subscribe: ufrag(o.subscribePc),
+            states: [o.publishPc && o.publishPc.connectionState,
+                     o.subscribePc && o.subscribePc.connectionState]};
+}"""
+
+
+Contexts = Callable[..., Awaitable[BrowserContext]]
+
+
+async def open_session(server: ServerProcess) -> dict[str, Any]:
+    """An agent opens a support session (POST /v1/sessions): tokens and the invite link."""
+    agent = server.token(
+        "console", "agent1", role="agent", grants=("publish", "subscribe", "record", "admin")
+    )
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            server.http + "/v1/sessions",
+            json={"customer": "Customer"},
+            headers={"Authorization": f"Bearer {agent}"},
+        ) as response,
+    ):
+        assert response.status == 201, await response.text()
+        session: dict[str, Any] = await response.json()
+        return session
+
+
+async def join(call: CallPage) -> None:
+    await call.page.get_by_role("button", name="Join call").click()
+    await expect(call.page.get_by_role("button", name="Leave call")).to_be_visible()
+
+
+def tile(call: CallPage, name: str) -> Any:
+    return call.page.get_by_role("article", name=name, exact=True)
+
+
+async def _call(server: ServerProcess, contexts: Contexts) -> tuple[CallPage, CallPage]:
+    session = await open_session(server)
+    agent = await open_page(
+        await contexts(), "agent", server.http + "/join?token=" + session["agent_token"]
+    )
+    await join(agent)
+    customer = await open_page(await contexts(), "customer", session["join_url"])
+    await join(customer)
+    await agent.wait_media()
+    await customer.wait_media()
+    return agent, customer
+
+
+async def _identity(call: CallPage) -> dict[str, Any]:
+    state: dict[str, Any] = await call.page.evaluate(
+        """() => { const c = window.__oktorus.connection;
+            window.__markedPcs ??= [c.publishPc, c.subscribePc];
+            return {id: c.participant.id,
+                    samePcs: window.__markedPcs[0] === c.publishPc
+                             && window.__markedPcs[1] === c.subscribePc,
+                    resumed: c.joined.resumed === true, restarts: c.iceRestarts}; }"""
+    )
+    return state
+
+
+async def test_dropped_socket_resumes_in_chromium(
+    server: ServerProcess, contexts: Contexts
+) -> None:
+    agent, customer = await _call(server, contexts)
+    before = await _identity(customer)
+    frames = (await agent.stats())["framesDecoded"]
+    await customer.page.evaluate("window.__oktorus.signal.ws.close(4000)")
+    await expect(customer.page.get_by_role("status")).to_contain_text("Reconnected")
+    after = await _identity(customer)
+    assert after["id"] == before["id"] and after["resumed"]
+    assert after["samePcs"], "a resumed participant keeps its peer connections"
+    await agent.wait_media(frames_above=frames + 10)
+    await expect(tile(agent, "Customer")).to_have_count(1)
+
+
+async def test_ice_restart_in_chromium(server: ServerProcess, contexts: Contexts) -> None:
+    agent, customer = await _call(server, contexts)
+    before = await _identity(customer)
+    old = await customer.page.evaluate(UFRAGS)
+    assert old["publish"] and old["subscribe"]
+    frames = (await agent.stats())["framesDecoded"]
+    seen = (await customer.stats())["framesDecoded"]
+    started = time.monotonic()
+    await customer.page.evaluate("window.__oktorus.connection.restartIce('test')")
+
+    async def restarted() -> dict[str, Any] | None:
+        now: dict[str, Any] = await customer.page.evaluate(UFRAGS)
+        fresh = now["publish"] != old["publish"] and now["subscribe"] != old["subscribe"]
+        return now if fresh and now["states"] == ["connected", "connected"] else None
+
+    await poll(restarted, "new ICE credentials on both peer connections", customer)
+    await agent.wait_media(frames_above=frames + 5)
+    await customer.wait_media(frames_above=seen + 5)
+    elapsed_ms = round((time.monotonic() - started) * 1000)
+    MEASURED["chromium_ice_restart_to_media_ms"] = elapsed_ms
+    print(f"Chromium ICE restart (both PCs) -> new frames both ways: {elapsed_ms} ms")
+    after = await _identity(customer)
+    assert after["id"] == before["id"] and after["samePcs"]
+    assert after["restarts"] == 1
+    await expect(tile(agent, "Customer")).to_have_count(1)
