@@ -7,8 +7,11 @@ frame (as a network loss would), and the participant comes back with ``join`` + 
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import av
 import pytest
@@ -167,3 +170,85 @@ async def test_clean_close_leaves_at_once(short_window_server: ServerProcess, ro
     finally:
         await alice.close()
         await bob.leave()
+
+
+# --- consent and recording across a resume ------------------------------------------------
+
+NOTICE = "This call is recorded for quality. You may withdraw at any time."
+
+
+def _recordings(server: ServerProcess, room: str) -> list[dict[str, Any]]:
+    admin = server.token("admin-room", "admin", role="agent", grants=("admin",))
+    request = urllib.request.Request(
+        f"{server.http}/v1/recordings?room={room}", headers={"Authorization": f"Bearer {admin}"}
+    )
+    with urllib.request.urlopen(request, timeout=20) as response:
+        recordings: list[dict[str, Any]] = json.loads(response.read())["recordings"]
+    return recordings
+
+
+def _recorded_ids(event: dict[str, Any]) -> set[str]:
+    return {str(p["id"]) for p in event["participants"]}
+
+
+async def test_consent_and_recording_survive_a_resume(server: ServerProcess, room: str) -> None:
+    """Granted: recording goes on under the same consent. Refused: not asked again.
+    Unanswered: asked again (the question may have been lost with the socket)."""
+    agent = await Participant.join(
+        server.url,
+        server.token(room, "agent-1", role="agent", grants=("publish", "subscribe", "record")),
+    )
+    granter = await Participant.join(
+        server.url,
+        server.token(room, "granter"),
+        publish_tracks=[FrameCounterTrack(), ToneTrack()],
+    )
+    refuser = await Participant.join(server.url, server.token(room, "refuser"))
+    undecided = await Participant.join(server.url, server.token(room, "undecided"))
+    people = (granter, refuser, undecided)
+    try:
+        await agent.wait_remote_tracks(2, timeout=15.0)
+        await agent.signal.request(
+            {"type": "recording.start", "scope": ["audio", "video"], "notice": NOTICE}
+        )
+        asks = [await p.next_event("consent.request", timeout=5.0) for p in people]
+        granted = await granter.signal.request(
+            {"type": "consent.grant", "request": asks[0]["request"], "scope": ["audio", "video"]}
+        )
+        await refuser.signal.request({"type": "consent.refuse", "request": asks[1]["request"]})
+        await agent.next_event(
+            "recording.state", lambda e: granter.id in _recorded_ids(e), timeout=10.0
+        )
+        [recording] = _recordings(server, room)
+
+        ids = [p.id for p in people]
+        seen = len(agent.signal.buffered("recording.state"))
+        for person in people:
+            person.signal.abort()
+        await asyncio.sleep(1.0)
+        for person in people:
+            assert await person.resume()
+        assert [p.id for p in people] == ids
+
+        again = await undecided.next_event("consent.request", timeout=5.0)
+        assert again["request"] == asks[2]["request"]  # the same question, asked again
+        await asyncio.sleep(2.0)
+        assert granter.signal.buffered("consent.request") == []
+        assert refuser.signal.buffered("consent.request") == []
+        assert granter.joined["recording"]["active"] is True
+        assert granter.id in _recorded_ids(granter.joined["recording"])
+        # The agent never saw the granter's recording stop, and it is still one recording.
+        states = agent.signal.buffered("recording.state")[seen:]
+        assert all(granter.id in _recorded_ids(e) for e in states)
+        [still] = _recordings(server, room)
+        assert still["id"] == recording["id"] and still["state"] == "recording"
+        withdrawn = await granter.signal.request(
+            {"type": "consent.withdraw", "jti": granted["jti"]}
+        )
+        assert withdrawn["type"] == "ok"  # the consent given before the drop is the one held
+        await agent.next_event(
+            "recording.state", lambda e: granter.id not in _recorded_ids(e), timeout=5.0
+        )
+    finally:
+        for person in (*people, agent):
+            await person.leave()
