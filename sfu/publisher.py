@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -75,9 +75,14 @@ class Publisher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._settled.wait(), NEGOTIATION_TIMEOUT_S)
 
-    async def negotiate(self, offer: str) -> tuple[str, list[Producer]]:
-        """Apply a publish offer; returns (answer SDP, producers added by it)."""
+    async def negotiate(
+        self, offer: str, sources: Mapping[str, str] | None = None
+    ) -> tuple[str, list[Producer]]:
+        """Apply a publish offer; returns (answer SDP, producers added by it).
+
+        ``sources`` marks new tracks by mid ("camera", "microphone", "screen")."""
         summary = validate_offer(offer)
+        _check_sources(sources or {}, {mid: kind for kind, mid, _, _ in summary.media})
         try:
             parsed = bridge.parse_sdp(offer)
         except Exception as exc:  # noqa: BLE001 - aiortc's parser raises anything
@@ -100,7 +105,7 @@ class Publisher:
                 raise SdpError(
                     f"the offer could not be negotiated ({type(exc).__name__})"
                 ) from None
-            added = self._update_producers(parsed, summary.media)
+            added = self._update_producers(parsed, summary.media, sources or {})
         return announce_address(answer, self._media.announce_ip), added
 
     async def _answer(self, offer: str) -> str:
@@ -149,7 +154,10 @@ class Publisher:
         return pc
 
     def _update_producers(
-        self, parsed: Any, media_summary: Sequence[tuple[str, str, str, frozenset[str]]]
+        self,
+        parsed: Any,
+        media_summary: Sequence[tuple[str, str, str, frozenset[str]]],
+        sources: Mapping[str, str],
     ) -> list[Producer]:
         assert self.transport is not None
         transceivers = {t.mid: t for t in self.transport.pc.getTransceivers()}
@@ -183,6 +191,7 @@ class Publisher:
                 feedback=self.ingress,
                 now=now,
                 audio_level_id=_audio_level_id(kind, extensions),
+                source=sources.get(mid),
             )
             self.producers[mid] = producer
             self.ingress.add(producer)
@@ -225,6 +234,18 @@ class Publisher:
         self.ingress.close()
         if self.transport is not None:
             await self.transport.close()
+
+
+_SOURCE_KINDS = {"camera": ("video",), "microphone": ("audio",), "screen": ("audio", "video")}
+
+
+def _check_sources(sources: Mapping[str, str], kinds: Mapping[str, str]) -> None:
+    """Each marked mid must be in the offer, with a source that fits its kind."""
+    for mid, source in sources.items():
+        if mid not in kinds:
+            raise SdpError(f"'sources' names mid {mid[:32]!r}, which the offer does not have")
+        if kinds[mid] not in _SOURCE_KINDS.get(source, ()):
+            raise SdpError(f"a {kinds[mid]} track cannot be a {source!r} source")
 
 
 def _signalled_ssrcs(media: Any) -> tuple[int | None, int | None]:

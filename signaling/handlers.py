@@ -28,6 +28,7 @@ __all__ = ["HANDLERS", "dispatch"]
 Handler = Callable[["SignalSession", dict[str, Any], "str | None"], Awaitable[None]]
 MAX_TRACKS_PER_REQUEST = 64
 QUALITIES = ("low", "medium", "high")
+SOURCES = ("camera", "microphone", "screen")
 
 
 async def dispatch(session: SignalSession, message: dict[str, Any], request_id: str | None) -> None:
@@ -176,9 +177,10 @@ async def on_publish(
     participant, room = _joined(session)
     _need(participant, "publish")
     sdp = require(message, "sdp", str)
+    sources = _sources(message)
     restarts = participant.publisher.ice_restarts
     try:
-        answer, added = await participant.publisher.negotiate(sdp)
+        answer, added = await participant.publisher.negotiate(sdp, sources)
     except SdpError as exc:
         raise ProtocolError("bad_request", f"publish: {exc}") from None
     if participant.publisher.ice_restarts != restarts:
@@ -191,6 +193,21 @@ async def on_publish(
     if recordings is not None:
         for producer in added:  # a consented participant's new track joins its recording
             recordings.producer_added(room, producer)
+
+
+def _sources(message: dict[str, Any]) -> dict[str, str]:
+    """``publish.sources`` (an addition to v1): {mid: "camera" | "microphone" | "screen"}."""
+    sources = optional(message, "sources", dict)
+    if sources is None:
+        return {}
+    if len(sources) > MAX_TRACKS_PER_REQUEST or not all(
+        isinstance(mid, str) and 0 < len(mid) <= 32 and source in SOURCES
+        for mid, source in sources.items()
+    ):
+        raise ProtocolError(
+            "bad_request", "'sources' maps m-line ids to 'camera', 'microphone' or 'screen'"
+        )
+    return dict(sources)
 
 
 async def on_answer(

@@ -82,6 +82,7 @@ class Participant:
         self._timeout = timeout
         self._use_server_ice = use_server_ice_servers
         self._senders: dict[str, RTCRtpTransceiver] = {}
+        self._sources: dict[RTCRtpTransceiver, str] = {}
         self._publish_lock = asyncio.Lock()
         self._publish_candidates: list[Message] = []
         self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
@@ -234,14 +235,19 @@ class Participant:
         timeout: float | None = None,
         *,
         video_codec: str | None = None,
+        sources: Sequence[str | None] = (),
     ) -> list[str]:
         """Add ``tracks`` (sendonly) to the publish PC and renegotiate (``publish``).
 
+        ``sources`` marks each track ("camera", "microphone", "screen"; None: by kind).
         Returns the SFU track ids of ``tracks``, in order (see :attr:`published`).
         """
         async with self._publish_lock:
             pc = self._ensure_publish_pc()
             added = [pc.addTransceiver(track, direction="sendonly") for track in tracks]
+            for transceiver, source in zip(added, sources, strict=False):
+                if source is not None:
+                    self._sources[transceiver] = source
             if video_codec is not None:
                 for transceiver in added:
                     if transceiver.kind == "video":
@@ -271,7 +277,11 @@ class Participant:
         if ice_restart:
             bridge.begin_ice_restart(pc)  # the offer carries new ICE credentials
         offer = await create_offer(pc)
-        reply = await self.signal.request({"type": "publish", "sdp": offer}, self._t(timeout))
+        message: dict[str, Any] = {"type": "publish", "sdp": offer}
+        marked = {t.mid: source for t, source in self._sources.items() if t.mid is not None}
+        if marked:
+            message["sources"] = marked
+        reply = await self.signal.request(message, self._t(timeout))
         if reply.get("type") != "published" or not isinstance(reply.get("sdp"), str):
             raise ProtocolError(f"expected published with sdp, got {reply.get('type')}")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
