@@ -71,7 +71,10 @@ const MAX_REDIRECTS = 3;
  * @property {string} participant
  * @property {boolean} muted
  * @property {string} [mid]
+ * @property {TrackSource} [source] what it shows (server addition; absent from older servers)
  */
+
+/** @typedef {'camera' | 'microphone' | 'screen'} TrackSource */
 
 /** @typedef {'audio' | 'video'} MediaKind */
 
@@ -498,7 +501,7 @@ export class SfuConnection extends EventTarget {
    */
   consent = null;
 
-  /** @type {Array<{ track: MediaStreamTrack | null, kind: string }>} */
+  /** @type {Array<{ track: MediaStreamTrack | null, kind: string, source?: TrackSource }>} */
   #local = [];
   /** @type {MediaStream | null} */
   #localStream = null;
@@ -645,15 +648,42 @@ export class SfuConnection extends EventTarget {
     this.#localStream = stream ?? this.#localStream ?? new MediaStream();
     const keep = new Set(tracks);
     for (const slot of this.#local) {
-      if (slot.track && !keep.has(slot.track)) slot.track = null;
+      if (slot.track && !keep.has(slot.track) && slot.source !== 'screen') slot.track = null;
     }
     for (const track of tracks) {
       if (this.#local.some((slot) => slot.track === track)) continue;
-      const free = this.#local.find((slot) => slot.track === null && slot.kind === track.kind);
+      const free = this.#local.find(
+        (slot) => slot.track === null && slot.kind === track.kind && slot.source !== 'screen',
+      );
       if (free) free.track = track;
       else this.#local.push({ track, kind: track.kind });
     }
     return this.#queuePublish();
+  }
+
+  /**
+   * Share a screen capture as an extra video track marked `source: "screen"` (beside the
+   * camera; `publish()` leaves it alone). Resolves with the server's track list.
+   * @param {MediaStreamTrack} track from `getDisplayMedia()`
+   * @returns {Promise<TrackInfo[]>}
+   */
+  shareScreen(track) {
+    if ('contentHint' in track && !track.contentHint) track.contentHint = 'detail';
+    const slot = this.#local.find((s) => s.source === 'screen' && s.track === null);
+    if (slot) slot.track = track;
+    else this.#local.push({ track, kind: track.kind, source: 'screen' });
+    return this.#queuePublish();
+  }
+
+  /** Stop sharing the screen (its track is not stopped here). @returns {Promise<TrackInfo[]>} */
+  stopScreenShare() {
+    for (const slot of this.#local) if (slot.source === 'screen') slot.track = null;
+    return this.#queuePublish();
+  }
+
+  /** The screen track being shared, if any. @returns {MediaStreamTrack | null} */
+  get screenTrack() {
+    return this.#local.find((s) => s.source === 'screen' && s.track)?.track ?? null;
   }
 
   /**
@@ -1311,7 +1341,19 @@ export class SfuConnection extends EventTarget {
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
     const sdp = pc.localDescription?.sdp ?? offer.sdp ?? '';
-    const pendingReply = socket.request({ type: 'publish', sdp }, this.options.requestTimeoutMs);
+    /** @type {Message} */
+    const publish = { type: 'publish', sdp };
+    /** @type {Record<string, TrackSource>} */
+    const sources = {};
+    this.#local.forEach((slot, i) => {
+      const mid = transceivers[i]?.mid;
+      if (slot.source && slot.track && mid) sources[mid] = slot.source;
+    });
+    if (Object.keys(sources).length) {
+      publish.sources = sources;
+      await this.#favourResolution(transceivers);
+    }
+    const pendingReply = socket.request(publish, this.options.requestTimeoutMs);
     this.#allowTrickle('publish');
     const reply = await pendingReply;
     if (this.publishPc !== pc) return []; // torn down meanwhile (re-join)
@@ -1323,6 +1365,24 @@ export class SfuConnection extends EventTarget {
     await this.#restoreMutes(tracks);
     this.#emit('published', { tracks });
     return tracks;
+  }
+
+  /**
+   * Screen content: when bandwidth is short, keep the resolution and drop frames.
+   * @param {Array<RTCRtpTransceiver | undefined>} transceivers (in `#local` order)
+   */
+  async #favourResolution(transceivers) {
+    for (const [i, slot] of this.#local.entries()) {
+      const sender = transceivers[i]?.sender;
+      if (slot.source !== 'screen' || !slot.track || !sender) continue;
+      try {
+        const parameters = sender.getParameters();
+        parameters.degradationPreference = 'maintain-resolution';
+        await sender.setParameters(parameters);
+      } catch {
+        // not supported here (older browsers): the contentHint still says "detail"
+      }
+    }
   }
 
   /**

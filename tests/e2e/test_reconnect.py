@@ -10,14 +10,13 @@ tests/integration/test_ice_restart.py covers a client that really moves to anoth
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import pytest
-from helpers.browser import MEASURED, CallPage, open_page, poll
+from helpers.browser import MEASURED, CallPage, poll
+from helpers.call_pages import Contexts, in_call, tile
 from helpers.server import ServerProcess
-from playwright.async_api import BrowserContext, expect
+from playwright.async_api import expect
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
 
@@ -31,49 +30,6 @@ UFRAGS = """() => {
             states: [o.publishPc && o.publishPc.connectionState,
                      o.subscribePc && o.subscribePc.connectionState]};
 }"""
-
-
-Contexts = Callable[..., Awaitable[BrowserContext]]
-
-
-async def open_session(server: ServerProcess) -> dict[str, Any]:
-    """An agent opens a support session (POST /v1/sessions): tokens and the invite link."""
-    agent = server.token(
-        "console", "agent1", role="agent", grants=("publish", "subscribe", "record", "admin")
-    )
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            server.http + "/v1/sessions",
-            json={"customer": "Customer"},
-            headers={"Authorization": f"Bearer {agent}"},
-        ) as response,
-    ):
-        assert response.status == 201, await response.text()
-        session: dict[str, Any] = await response.json()
-        return session
-
-
-async def join(call: CallPage) -> None:
-    await call.page.get_by_role("button", name="Join call").click()
-    await expect(call.page.get_by_role("button", name="Leave call")).to_be_visible()
-
-
-def tile(call: CallPage, name: str) -> Any:
-    return call.page.get_by_role("article", name=name, exact=True)
-
-
-async def _call(server: ServerProcess, contexts: Contexts) -> tuple[CallPage, CallPage]:
-    session = await open_session(server)
-    agent = await open_page(
-        await contexts(), "agent", server.http + "/join?token=" + session["agent_token"]
-    )
-    await join(agent)
-    customer = await open_page(await contexts(), "customer", session["join_url"])
-    await join(customer)
-    await agent.wait_media()
-    await customer.wait_media()
-    return agent, customer
 
 
 async def _identity(call: CallPage) -> dict[str, Any]:
@@ -91,7 +47,7 @@ async def _identity(call: CallPage) -> dict[str, Any]:
 async def test_dropped_socket_resumes_in_chromium(
     server: ServerProcess, contexts: Contexts
 ) -> None:
-    agent, customer = await _call(server, contexts)
+    agent, customer = await in_call(server, contexts)
     before = await _identity(customer)
     frames = (await agent.stats())["framesDecoded"]
     await customer.page.evaluate("window.__oktorus.signal.ws.close(4000)")
@@ -104,7 +60,7 @@ async def test_dropped_socket_resumes_in_chromium(
 
 
 async def test_ice_restart_in_chromium(server: ServerProcess, contexts: Contexts) -> None:
-    agent, customer = await _call(server, contexts)
+    agent, customer = await in_call(server, contexts)
     before = await _identity(customer)
     old = await customer.page.evaluate(UFRAGS)
     assert old["publish"] and old["subscribe"]
