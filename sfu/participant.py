@@ -56,6 +56,7 @@ class Participant:
         self.resume_secret = secrets.token_urlsafe(24)
         self.connection: Connection | None = None  # the signalling session attached now, if any
         self.expiry: asyncio.Task[None] | None = None  # leaves unless resumed in time
+        self.give_up = asyncio.Event()  # set: a detached participant leaves now (draining)
         self.log = structlog.get_logger(__name__).bind(room=room.id, participant=participant_id)
         self.publisher = Publisher(
             participant_id, media, on_added=room.producer_added, on_removed=room.producer_removed

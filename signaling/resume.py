@@ -10,6 +10,7 @@ after the window it leaves as if it had sent ``leave``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 from typing import TYPE_CHECKING
 
@@ -42,7 +43,8 @@ def detach(server: Server, room: Room, participant: Participant) -> None:
 
 
 async def _expire(server: Server, room: Room, participant: Participant, window: float) -> None:
-    await asyncio.sleep(window)
+    with contextlib.suppress(TimeoutError):  # the window ends, or the server drains
+        await asyncio.wait_for(participant.give_up.wait(), window)
     # From here on nobody can claim it: decided before the first await, so a resume
     # racing the expiry either wins entirely (and cancelled this task) or loses entirely.
     participant.resume_secret = ""

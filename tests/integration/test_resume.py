@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -252,3 +253,29 @@ async def test_consent_and_recording_survive_a_resume(server: ServerProcess, roo
     finally:
         for person in (*people, agent):
             await person.leave()
+
+
+async def test_draining_server_does_not_wait_for_detached_participants(
+    tmp_path: Path, room: str
+) -> None:
+    """A drain waits for participants to leave; one whose socket dropped cannot resume on a
+    draining server (new sockets are refused), so it leaves at once, not after the window."""
+    server = ServerProcess(tmp_path, ["--resume-window", "120"]).start()
+    try:
+        alice = await Participant.join(server.url, server.token(room, "alice"))
+        bob = await Participant.join(server.url, server.token(room, "bob"))
+        alice_id = alice.id
+        alice.signal.abort()
+        await asyncio.sleep(0.5)
+        assert _membership_events(bob, alice_id) == []  # detached, kept
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)  # drain (our own child, by its handle)
+        await bob.next_event("server.draining", timeout=5.0)
+        await bob.next_event(
+            "participant.left", lambda m: m["participant"]["id"] == alice_id, timeout=5.0
+        )
+        await bob.leave()
+        await alice.close()
+        assert await asyncio.to_thread(server.proc.wait, 15) == 0
+    finally:
+        server.stop()
