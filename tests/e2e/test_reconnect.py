@@ -10,6 +10,8 @@ tests/integration/test_ice_restart.py covers a client that really moves to anoth
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,4 +85,33 @@ async def test_ice_restart_in_chromium(server: ServerProcess, contexts: Contexts
     after = await _identity(customer)
     assert after["id"] == before["id"] and after["samePcs"]
     assert after["restarts"] == 1
+    await expect(tile(agent, "Customer")).to_have_count(1)
+
+
+@pytest.fixture(scope="module")
+def no_resume_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(
+        Path(tmp_path_factory.mktemp("sfu-data")), ["--resume-window", "0"]
+    ).start()
+    try:
+        yield process
+    finally:
+        assert process.stop() == 0, "".join(process.log_lines[-40:])
+
+
+async def test_refused_resume_falls_back_to_a_full_rejoin(
+    no_resume_server: ServerProcess, contexts: Contexts
+) -> None:
+    """Resumption off (or the window over): the page re-joins as a new participant on fresh
+    peer connections and publishes again; the other side sees it come back."""
+    agent, customer = await in_call(no_resume_server, contexts)
+    before = await _identity(customer)
+    frames = (await agent.stats())["framesDecoded"]
+    await customer.page.evaluate("window.__oktorus.signal.ws.close(4000)")
+    await expect(customer.page.get_by_role("status")).to_contain_text("Reconnected")
+    after = await _identity(customer)
+    assert after["id"] != before["id"] and not after["resumed"]
+    assert not after["samePcs"]
+    await agent.wait_media(frames_above=frames + 10)
+    await customer.wait_media()
     await expect(tile(agent, "Customer")).to_have_count(1)
