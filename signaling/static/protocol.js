@@ -881,16 +881,28 @@ export class SfuConnection extends EventTarget {
   /** Restart ICE when the browser says its network changed. */
   #watchNetwork() {
     if (this.#unwatchNetwork || typeof window === 'undefined') return;
-    const changed = () => {
+    const online = () => {
       if (this.state === 'reconnecting') this.reconnectNow();
-      else void this.restartIce('network changed');
+      else void this.restartIce('back online');
     };
-    window.addEventListener('online', changed);
-    /** @type {EventTarget | undefined} */
-    const connection = /** @type {{ connection?: EventTarget }} */ (navigator).connection;
+    /** @type {(EventTarget & { type?: string }) | undefined} */
+    const connection = /** @type {{ connection?: EventTarget & { type?: string } }} */ (navigator).connection;
+    let type = connection?.type;
+    // `change` also fires for new bandwidth estimates: restart only for another network
+    // type (Wi-Fi → cellular) or when a peer connection is not connected anyway.
+    const changed = () => {
+      const now = connection?.type;
+      const moved = now !== type;
+      type = now;
+      const unwell = [this.publishPc, this.subscribePc].some(
+        (pc) => pc && pc.connectionState !== 'connected',
+      );
+      if (moved || unwell) online();
+    };
+    window.addEventListener('online', online);
     connection?.addEventListener('change', changed);
     this.#unwatchNetwork = () => {
-      window.removeEventListener('online', changed);
+      window.removeEventListener('online', online);
       connection?.removeEventListener('change', changed);
     };
   }

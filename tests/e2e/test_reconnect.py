@@ -115,3 +115,21 @@ async def test_refused_resume_falls_back_to_a_full_rejoin(
     await agent.wait_media(frames_above=frames + 10)
     await customer.wait_media()
     await expect(tile(agent, "Customer")).to_have_count(1)
+
+
+async def test_back_online_restarts_ice(server: ServerProcess, contexts: Contexts) -> None:
+    """The browser's `online` event (it regained a network) restarts ICE by itself."""
+    agent, customer = await in_call(server, contexts)
+    old = await customer.page.evaluate(UFRAGS)
+    frames = (await agent.stats())["framesDecoded"]
+    await customer.page.evaluate("window.dispatchEvent(new Event('online'))")
+
+    async def restarted() -> bool:
+        now: dict[str, Any] = await customer.page.evaluate(UFRAGS)
+        return bool(
+            now["publish"] != old["publish"] and now["states"] == ["connected", "connected"]
+        )
+
+    await poll(restarted, "an ICE restart after the online event", customer)
+    assert (await _identity(customer))["restarts"] == 1
+    await agent.wait_media(frames_above=frames + 5)
