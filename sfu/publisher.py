@@ -70,6 +70,11 @@ class Publisher:
         if not self._offers:
             self._settled.set()
 
+    @property
+    def is_settled(self) -> bool:
+        """No offer received is waiting to be applied."""
+        return self._settled.is_set()
+
     async def settled(self) -> None:
         """Wait (bounded) until every offer received so far has been applied."""
         with contextlib.suppress(TimeoutError):

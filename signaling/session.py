@@ -150,20 +150,34 @@ class SignalSession:
         except ProtocolError as exc:
             self._refuse(exc.request_id, self._before_join(exc))
             return
-        if message["type"] in CONCURRENT and self.participant is not None:
+        participant = self.participant
+        if message["type"] in CONCURRENT and participant is not None:
             # Negotiating a publish takes a while; the answer to the subscribe offer must
             # not wait behind it (the publisher serialises its own offers, and publish
-            # candidates that follow wait for it).
-            publisher = self.participant.publisher
+            # candidates that follow wait for it, beside the read loop too).
+            publisher = participant.publisher
             publisher.expect_offer()
-            task = asyncio.get_running_loop().create_task(
-                self._handle(dispatch, message, request_id)
-            )
+            task = self._beside(dispatch, message, request_id)
             task.add_done_callback(lambda _: publisher.offer_done())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            return
+        if (
+            message["type"] == "candidate"
+            and message.get("pc") == "publish"
+            and participant is not None
+            and not participant.publisher.is_settled
+        ):
+            self._beside(dispatch, message, request_id)
             return
         await self._handle(dispatch, message, request_id)
+
+    def _beside(
+        self, dispatch: Any, message: dict[str, Any], request_id: str | None
+    ) -> asyncio.Task[None]:
+        """Handle a message in a task of its own, beside the read loop."""
+        task = asyncio.get_running_loop().create_task(self._handle(dispatch, message, request_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def _handle(self, dispatch: Any, message: dict[str, Any], request_id: str | None) -> None:
         try:
