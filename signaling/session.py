@@ -118,6 +118,8 @@ class SignalSession:
         try:
             while True:
                 frame = await self.ws.receive()
+                if self._close_code == CLOSE_REPLACED:
+                    break  # resumed elsewhere: nothing more from this socket counts
                 if frame.type == WSMsgType.TEXT:
                     await self._on_text(frame.data, dispatch)
                 elif frame.type == WSMsgType.BINARY:
