@@ -22,7 +22,9 @@ from signaling.client import Participant
 
 pytestmark = pytest.mark.integration
 
-RESUME_DEADLINE_S = 10.0  # asserted, generous for a shared machine; the figure is printed
+STEP_TIMEOUT_S = 10.0
+# Issue 6: "an ICE restart mid-call resumes media within 2 s" (measured: 0.05-0.3 s here).
+RESUME_DEADLINE_S = 2.0
 
 
 def _blackhole(*pcs: RTCPeerConnection | None) -> None:
@@ -83,9 +85,10 @@ async def test_publisher_moves_network_media_resumes(server: ServerProcess, room
         stalled_at = await _last_counter(track)  # media has stopped
         started = time.monotonic()
         await alice.restart_ice(host_addresses=["127.0.0.2"])
-        await _first_newer(track, stalled_at, RESUME_DEADLINE_S)
+        await _first_newer(track, stalled_at, STEP_TIMEOUT_S)
         total = time.monotonic() - started
         print(f"\nICE restart (publisher moved): restart -> first new frame {total:.3f} s")
+        assert total < RESUME_DEADLINE_S
         assert all(await asyncio.gather(*alice.ice_restarts))
         # The server restarted alice's subscribe PC too (her whole network changed).
         assert len(alice.ice_restarts) == 2
@@ -117,9 +120,10 @@ async def test_subscriber_moves_network_media_resumes(server: ServerProcess, roo
         stalled_at = await _last_counter(track)
         started = time.monotonic()
         await bob.restart_ice(host_addresses=["127.0.0.3"])  # no publish PC: ice.restart
-        await _first_newer(track, stalled_at, RESUME_DEADLINE_S)
+        await _first_newer(track, stalled_at, STEP_TIMEOUT_S)
         total = time.monotonic() - started
         print(f"\nICE restart (subscriber moved): restart -> first new frame {total:.3f} s")
+        assert total < RESUME_DEADLINE_S
         assert all(await asyncio.gather(*bob.ice_restarts))
         await _server_restarts(server, restarts_before + 1)
     finally:
