@@ -1361,12 +1361,12 @@ export class SfuConnection extends EventTarget {
       const mid = transceivers[i]?.mid;
       if (slot.source && slot.track && mid) sources[mid] = slot.source;
     });
-    if (Object.keys(sources).length) {
-      publish.sources = sources;
-      await this.#favourResolution(transceivers);
-    }
+    if (Object.keys(sources).length) publish.sources = sources;
+    // Nothing may be awaited between the offer and sending it: candidates it gathers
+    // must reach the server after it (an ICE restart would discard earlier ones).
     const pendingReply = socket.request(publish, this.options.requestTimeoutMs);
     this.#allowTrickle('publish');
+    if (Object.keys(sources).length) await this.#favourResolution(transceivers);
     const reply = await pendingReply;
     if (this.publishPc !== pc) return []; // torn down meanwhile (re-join)
     if (typeof reply.sdp !== 'string') throw new ProtocolError('internal', "'published' without sdp");
