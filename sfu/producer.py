@@ -86,11 +86,14 @@ class Producer:
         feedback: ProducerFeedback,
         now: float,
         audio_level_id: int = 0,
+        source: str | None = None,
     ) -> None:
         self.id = track_id
         self.participant_id = participant_id
         self.kind = kind
         self.mid = mid
+        # What the track shows: "camera", "microphone" or "screen" (from `publish.sources`).
+        self.source = source or ("microphone" if kind == "audio" else "camera")
         self.codec = codec
         self.ssrc = ssrc
         self.rtx_ssrc = rtx_ssrc
@@ -134,7 +137,13 @@ class Producer:
             "kind": self.kind,
             "participant": self.participant_id,
             "muted": self.muted,
+            "source": self.source,  # an addition to v1
         }
+
+    @property
+    def favour_resolution(self) -> bool:
+        """Screen content: keep resolution and drop frame rate when bandwidth is short."""
+        return self.source == "screen"
 
     # --- hot path -------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ switch to a codec its subscribers never negotiated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -51,12 +52,42 @@ class Publisher:
         self._on_removed = on_removed
         self.ingress = Ingress(on_stale=self._remove, stale_after_s=media.stale_after_s)
         self.transport: MediaTransport | None = None
+        self.ice_restarts = 0  # publish offers that restarted ICE
         self._lock = asyncio.Lock()
+        self._offers = 0  # publish offers received and not yet applied
+        self._settled = asyncio.Event()
+        self._settled.set()
         self._closed = False
 
-    async def negotiate(self, offer: str) -> tuple[str, list[Producer]]:
-        """Apply a publish offer; returns (answer SDP, producers added by it)."""
+    def expect_offer(self) -> None:
+        """An offer arrived (its negotiation may start later): trickled candidates that
+        follow it must wait for it, or an ICE restart would discard them."""
+        self._offers += 1
+        self._settled.clear()
+
+    def offer_done(self) -> None:
+        self._offers = max(0, self._offers - 1)
+        if not self._offers:
+            self._settled.set()
+
+    @property
+    def is_settled(self) -> bool:
+        """No offer received is waiting to be applied."""
+        return self._settled.is_set()
+
+    async def settled(self) -> None:
+        """Wait (bounded) until every offer received so far has been applied."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), NEGOTIATION_TIMEOUT_S)
+
+    async def negotiate(
+        self, offer: str, sources: Mapping[str, str] | None = None
+    ) -> tuple[str, list[Producer]]:
+        """Apply a publish offer; returns (answer SDP, producers added by it).
+
+        ``sources`` marks new tracks by mid ("camera", "microphone", "screen")."""
         summary = validate_offer(offer)
+        _check_sources(sources or {}, {mid: kind for kind, mid, _, _ in summary.media})
         try:
             parsed = bridge.parse_sdp(offer)
         except Exception as exc:  # noqa: BLE001 - aiortc's parser raises anything
@@ -79,11 +110,17 @@ class Publisher:
                 raise SdpError(
                     f"the offer could not be negotiated ({type(exc).__name__})"
                 ) from None
-            added = self._update_producers(parsed, summary.media)
+            added = self._update_producers(parsed, summary.media, sources or {})
         return announce_address(answer, self._media.announce_ip), added
 
     async def _answer(self, offer: str) -> str:
         pc = self._peer_connection()
+        restart = bridge.is_ice_restart(pc, offer)
+        if restart:
+            try:
+                bridge.begin_ice_restart(pc)  # our answer then carries new credentials
+            except bridge.IceRestartError as exc:
+                raise SdpError(f"ICE restart: {exc}") from None
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         for transceiver in pc.getTransceivers():
             if not isinstance(transceiver.receiver, bridge.ForwardingReceiver):
@@ -98,6 +135,9 @@ class Publisher:
         await pc.setLocalDescription(answer)
         assert self.transport is not None
         self.transport.attach()
+        if restart:
+            self.transport.restart_ice(offer)
+            self.ice_restarts += 1
         return str(pc.localDescription.sdp)
 
     def _peer_connection(self) -> Any:
@@ -119,7 +159,10 @@ class Publisher:
         return pc
 
     def _update_producers(
-        self, parsed: Any, media_summary: Sequence[tuple[str, str, str, frozenset[str]]]
+        self,
+        parsed: Any,
+        media_summary: Sequence[tuple[str, str, str, frozenset[str]]],
+        sources: Mapping[str, str],
     ) -> list[Producer]:
         assert self.transport is not None
         transceivers = {t.mid: t for t in self.transport.pc.getTransceivers()}
@@ -153,6 +196,7 @@ class Publisher:
                 feedback=self.ingress,
                 now=now,
                 audio_level_id=_audio_level_id(kind, extensions),
+                source=sources.get(mid),
             )
             self.producers[mid] = producer
             self.ingress.add(producer)
@@ -195,6 +239,18 @@ class Publisher:
         self.ingress.close()
         if self.transport is not None:
             await self.transport.close()
+
+
+_SOURCE_KINDS = {"camera": ("video",), "microphone": ("audio",), "screen": ("audio", "video")}
+
+
+def _check_sources(sources: Mapping[str, str], kinds: Mapping[str, str]) -> None:
+    """Each marked mid must be in the offer, with a source that fits its kind."""
+    for mid, source in sources.items():
+        if mid not in kinds:
+            raise SdpError(f"'sources' names mid {mid[:32]!r}, which the offer does not have")
+        if kinds[mid] not in _SOURCE_KINDS.get(source, ()):
+            raise SdpError(f"a {kinds[mid]} track cannot be a {source!r} source")
 
 
 def _signalled_ssrcs(media: Any) -> tuple[int | None, int | None]:

@@ -44,6 +44,7 @@ redis_url                SFU_REDIS_URL           --redis               none (web
 drain_deadline_s         SFU_DRAIN_DEADLINE      --drain-deadline      300
 workers                  SFU_WORKERS             --workers             1 (N, or auto: one per core)
 ice_port_range           SFU_ICE_PORT_RANGE      --ice-port-range      none (any free UDP port)
+resume_window_s          SFU_RESUME_WINDOW       --resume-window       30 (0: no resumption)
 max_message_bytes        -                       -                     65536
 subscriber_queue_bytes   -                       -                     262144 (256 KiB)
 =======================  ======================  ====================  ==========================
@@ -96,6 +97,7 @@ _HOSTNAME_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_TURN_TTL_S = 7 * 86400.0
 _MAX_DRAIN_DEADLINE_S = 86400.0
+_MAX_RESUME_WINDOW_S = 3600.0
 _MIN_WEBHOOK_KEY_LEN = 32
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -509,6 +511,9 @@ _check_retry_max = _check_seconds(minimum=0.0, maximum=86400.0, inclusive_min=Fa
 _check_drain_deadline = _check_seconds(
     minimum=0.0, maximum=_MAX_DRAIN_DEADLINE_S, inclusive_min=True
 )
+_check_resume_window = _check_seconds(
+    minimum=0.0, maximum=_MAX_RESUME_WINDOW_S, inclusive_min=True
+)
 
 OPTIONS: tuple[Option, ...] = (
     Option("host", "SFU_HOST", "--host", "ADDR",
@@ -599,6 +604,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("ice_port_range", "SFU_ICE_PORT_RANGE", "--ice-port-range", "LOW-HIGH",
            "UDP ports for ICE host candidates, split evenly between workers "
            "(default: any free port)", _parse_port_range, _check_port_range),
+    Option("resume_window_s", "SFU_RESUME_WINDOW", "--resume-window", "SECONDS",
+           "a participant whose signalling connection drops is kept this long for a "
+           "'join' with 'resume' (default 30; 0 disables)", _parse_float, _check_resume_window),
     Option("max_message_bytes", None, None, "BYTES",
            "largest signalling message accepted", None, _check_positive_int),
     Option("subscriber_queue_bytes", None, None, "BYTES",
@@ -652,6 +660,7 @@ class Settings:
     drain_deadline_s: float = 300.0
     workers: int = 1
     ice_port_range: tuple[int, int] | None = None
+    resume_window_s: float = 30.0
     max_message_bytes: int = 65536
     subscriber_queue_bytes: int = 256 * 1024
 
@@ -752,6 +761,7 @@ class Settings:
             "drain_deadline_s": self.drain_deadline_s,
             "workers": self.workers,
             "ice_port_range": list(self.ice_port_range) if self.ice_port_range else None,
+            "resume_window_s": self.resume_window_s,
             "max_message_bytes": self.max_message_bytes,
             "subscriber_queue_bytes": self.subscriber_queue_bytes,
         }
