@@ -18,6 +18,7 @@ import pytest
 
 from sfu.codec import Codec
 from sfu.consumer import Consumer, ConsumerState
+from sfu.layers import Layer
 from sfu.producer import KEYFRAME_REQUEST_INTERVAL_S, Producer
 from sfu.rtcp import ReportBlock, SenderReport, ntp_middle32, ntp_to_seconds, parse_rtcp
 from sfu.transport import MediaTransport
@@ -116,7 +117,7 @@ class FakeFeedback:
         self.nack_pending_calls: list[Producer] = []
         self.keyframe_retries: list[tuple[Producer, float]] = []
 
-    def request_keyframe(self, producer: Producer) -> None:
+    def request_keyframe(self, producer: Producer, layer: Layer) -> None:
         self.keyframe_requests.append(producer)
 
     def nack_pending(self, producer: Producer) -> None:

@@ -426,8 +426,11 @@ class FakeConsumer:
     def on_report(self, block: ReportBlock, now: float) -> None:
         self.reports.append(block)
 
-    def on_remb(self, bitrate: int) -> None:
+    def on_remb(self, bitrate: int, now: float) -> None:
         self.rembs.append(bitrate)
+
+    def adapt(self, now: float) -> None:
+        pass
 
     def sender_report(self, now: float) -> bytes | None:
         return self.report
