@@ -1,6 +1,6 @@
 """How much a subscriber's link can take, from the RTCP it sends back (no probing packets).
 
-Loss in its receiver reports and a REMB below what we send mean congestion: the budget
+Loss in its receiver reports and a falling REMB below what we send mean congestion: the budget
 drops to what got through (loss-based, like GCC's: ``sent * (1 - loss/2)``). Clean
 reports for ``hold_s`` let it climb again, 1.5x per step, until nothing limits it; a climb
 that meets congestion at once doubles the hold (back-off up to ``max_hold_s``). Times are
@@ -13,7 +13,8 @@ __all__ = ["BandwidthEstimator"]
 
 CONGESTED_LOSS = 0.10  # fraction lost above which the link is overloaded
 CLEAN_LOSS = 0.02  # ... and below which it has room
-REMB_CONGESTED = 0.85  # a REMB under 85% of what we send says the same
+REMB_CONGESTED = 0.7  # a REMB under 70% of what we send says the same ...
+REMB_FALL = 0.95  # ... when it has just fallen (an overuse detected)
 INCREASE = 1.5
 UNLIMITED_AFTER = 8_000_000  # a budget above this limits nothing
 MIN_BUDGET_BPS = 30_000
@@ -56,8 +57,13 @@ class BandwidthEstimator:
             self._octets, self._octets_at = octets, now
 
     def on_remb(self, bitrate: int, now: float) -> None:
-        self.remb_bps = bitrate
-        if self.sent_bps and bitrate < self.sent_bps * REMB_CONGESTED:
+        """A receiver estimate. Only a fall well below what we send counts: estimators
+        (aiortc's, libwebrtc's) climb slowly from a low start and follow the incoming rate, so
+        a low but rising REMB, or one just under a keyframe burst, is no congestion.
+        """
+        previous, self.remb_bps = self.remb_bps, bitrate
+        falling = previous is not None and bitrate < previous * REMB_FALL
+        if falling and self.sent_bps and bitrate < self.sent_bps * REMB_CONGESTED:
             self._congested(bitrate, now)
 
     def on_report(self, fraction_lost: int, now: float) -> None:

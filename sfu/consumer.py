@@ -12,7 +12,10 @@ import enum
 import random
 import struct
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import structlog
 
 from sfu.bandwidth import BandwidthEstimator
 from sfu.layer_choice import LayerInfo, Preference, choose_layer, preferred_layer
@@ -26,10 +29,29 @@ if TYPE_CHECKING:
 
 __all__ = ["Consumer", "ConsumerState"]
 
+log = structlog.get_logger(__name__)
+
 _TIMESTAMP = struct.Struct("!I")
 _REWRITE = struct.Struct("!BHII")
 NTP_UNITS = 1 << 32
 _NACK_WINDOW = 0x4000  # far more than the packet cache holds
+UP_SWITCH_HOLD_S = 3.0  # a higher layer is taken at most this often (down: at once)
+
+
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    """How one run of forwarded packets maps a layer's numbers to ours: [start, end)."""
+
+    layer: int
+    seq_offset: int
+    ts_offset: int
+    start: int
+    end: int
+    pic_delta: int
+    tl0_delta: int
+
+    def holds(self, out_seq: int) -> bool:
+        return 0 <= seq_diff(out_seq, self.start) < seq_diff(self.end, self.start)
 
 
 class ConsumerState(enum.Enum):
@@ -89,7 +111,9 @@ class Consumer:
         self.pic_delta = 0
         self.tl0_delta = 0
         self._rewrite_vp8 = False
+        self._previous: _Segment | None = None  # before the last switch, for NACKs
         self.preference = Preference()  # from track.settings
+        self._chosen_for = self.preference  # the preference the target was chosen for
         self.estimator = BandwidthEstimator()
         if producer.simulcast:
             self.target_layer = len(producer.layers) - 1
@@ -130,7 +154,7 @@ class Consumer:
         if index == self.target_layer:
             return
         self.target_layer = index
-        self._target_set_at = time.monotonic()
+        self._target_set_at = now
         if index < 0:
             self._suspend()
         elif self.state is ConsumerState.FORWARDING:
@@ -226,6 +250,16 @@ class Consumer:
 
     def _begin_segment(self, packet: bytes, seq: int, ts: int, layer: int) -> None:
         """First packet of a keyframe: continue our numbering from here (once per start)."""
+        if self.layer >= 0 and self.packets:
+            self._previous = _Segment(
+                self.layer,
+                self.seq_offset,
+                self.ts_offset,
+                self.segment_start,
+                self.next_seq,
+                self.pic_delta,
+                self.tl0_delta,
+            )
         self.seq_offset = (self.next_seq - seq) & 0xFFFF
         self.segment_start = self.next_seq
         rate = self.producer.codec.clock_rate
@@ -273,23 +307,40 @@ class Consumer:
     # --- feedback from the subscriber ---------------------------------------------
 
     def on_nack(self, seqs: tuple[int, ...]) -> int:
-        """Retransmit from the producer's cache (RTX when negotiated); returns count."""
+        """Retransmit from the producer's cache (RTX when negotiated); returns count.
+
+        The segment before the last layer switch is still served: the tail of the old
+        layer's last frame may be what the subscriber lost.
+        """
         if self.state is not ConsumerState.FORWARDING:
             return 0
         sent = 0
-        cache = self.producer.layers[max(self.layer, 0)].cache
+        layers = self.producer.layers
+        current = _Segment(
+            max(self.layer, 0),
+            self.seq_offset,
+            self.ts_offset,
+            self.segment_start,
+            (self.last_seq + 1) & 0xFFFF,
+            self.pic_delta,
+            self.tl0_delta,
+        )
         for out_seq in seqs:
-            if seq_diff(out_seq, self.segment_start) < 0 or seq_diff(out_seq, self.last_seq) > 0:
-                continue  # not ours to resend (before this segment or never sent)
-            in_seq = (out_seq - self.seq_offset) & 0xFFFF
-            packet = cache.get(in_seq)
+            segment = current
+            if not current.holds(out_seq):
+                previous = self._previous
+                if previous is None or not previous.holds(out_seq):
+                    continue  # not ours to resend (never sent, or too long ago)
+                segment = previous
+            in_seq = (out_seq - segment.seq_offset) & 0xFFFF
+            packet = layers[segment.layer].cache.get(in_seq)
             if packet is None:
                 continue
-            if self._rewrite_vp8:
+            if segment.pic_delta or segment.tl0_delta:
                 packet = rewrite_descriptor(
-                    packet, payload_offset(packet), self.pic_delta, self.tl0_delta
+                    packet, payload_offset(packet), segment.pic_delta, segment.tl0_delta
                 )
-            out_ts = (_TIMESTAMP.unpack_from(packet, 4)[0] + self.ts_offset) & 0xFFFFFFFF
+            out_ts = (_TIMESTAMP.unpack_from(packet, 4)[0] + segment.ts_offset) & 0xFFFFFFFF
             second = (packet[1] & 0x80) | self.payload_type
             if self.rtx_payload_type is None:
                 ok = self.transport.send_rtp(packet, second, out_seq, out_ts, self.ssrc)
@@ -322,7 +373,8 @@ class Consumer:
         self.jitter = block.jitter
         if self._last_sr is not None and block.lsr == self._last_sr[0] and block.lsr:
             self.rtt_s = max(0.0, now - self._last_sr[1] - block.dlsr / 65536)
-        if self.state is ConsumerState.FORWARDING:
+        if self.state is ConsumerState.FORWARDING or self.target_layer < 0:
+            # Held for lack of bandwidth, clean reports are what lets video come back.
             self.estimator.on_sent(self.octets, now)
             self.estimator.on_report(block.fraction_lost, now)
 
@@ -361,6 +413,26 @@ class Consumer:
             current=self.layer if self.state is ConsumerState.FORWARDING else -1,
             favour_resolution=producer.favour_resolution,
         )
+        if (
+            0 <= self.target_layer < target
+            and now - self._target_set_at < UP_SWITCH_HOLD_S
+            and self.preference == self._chosen_for
+        ):
+            return  # going up again so soon would only cost keyframes
+        self._chosen_for = self.preference
+        if target != self.target_layer:
+            log.info(
+                "layer_target",
+                track=producer.id,
+                subscriber=self.subscriber_id,
+                layer=target,
+                was=self.target_layer,
+                budget_bps=self.budget_bps,
+                sent_bps=self.estimator.sent_bps,
+                remb_bps=self.remb_bps,
+                loss=self.fraction_lost,
+                rates=[layer.bitrate_bps for layer in layers],
+            )
         self.set_target_layer(target, now)
 
     # --- reports --------------------------------------------------------------------

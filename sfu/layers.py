@@ -34,6 +34,7 @@ class Layer:
     """One incoming RTP stream; ``index`` 0 is the lowest quality."""
 
     __slots__ = (
+        "_last_window_bps",
         "_window_octets",
         "_window_start",
         "bitrate_bps",
@@ -85,6 +86,7 @@ class Layer:
         self.bitrate_bps = 0
         self._window_start = 0.0
         self._window_octets = 0
+        self._last_window_bps = 0
         # Last VP8 picture id / TL0PICIDX seen (-1: none), for continuous numbering on a switch.
         self.pic_id = -1
         self.tl0 = -1
@@ -97,7 +99,11 @@ class Layer:
         self._window_octets += size
         elapsed = now - self._window_start
         if elapsed >= BITRATE_WINDOW_S:
-            self.bitrate_bps = int(self._window_octets * 8 / elapsed) if elapsed < 3 else 0
+            measured = int(self._window_octets * 8 / elapsed) if elapsed < 3 else 0
+            # The larger of the last two windows: encoders swing (keyframes, CPU adaptation)
+            # and a layer choice made on a dip would not fit a second later.
+            self.bitrate_bps = max(measured, self._last_window_bps)
+            self._last_window_bps = measured
             self._window_start = now
             self._window_octets = 0
 

@@ -127,6 +127,7 @@ class Producer:
         self.keyframes = 0
         self.rtx_packets = 0
         self.rtx_octets = 0
+        self.rtx_duplicates = 0
         # RFC 6464 levels (after id translation) summed for the active-speaker detector.
         self._audio_level_id = audio_level_id if kind == "audio" else 0
         self.level_sum = 0
@@ -251,10 +252,16 @@ class Producer:
         if layer.ssrc is None:
             return
         original = rtx_unwrap(packet, layer.ssrc, self.codec.payload_type)
-        if original is not None:
-            self.rtx_packets += 1
-            self.on_rtp(original, now, layer)
-            self.rtx_octets += self.last_payload_size
+        if original is None:
+            return
+        self.rtx_packets += 1
+        if layer.cache.get((original[2] << 8) | original[3]) is not None:
+            # Already have it: a browser's bandwidth probe (it pads by resending old
+            # packets) or a late repair. Forwarding it would only load every subscriber.
+            self.rtx_duplicates += 1
+            return
+        self.on_rtp(original, now, layer)
+        self.rtx_octets += self.last_payload_size
 
     # --- control --------------------------------------------------------------------
 
