@@ -83,7 +83,9 @@ class Consumer:
         self.cname = cname
         self.payload_type = -1
         self.rtx_payload_type: int | None = None
-        self.state = ConsumerState.NEGOTIATING
+        # The layer whose packets go out untouched (-2: none); the one test on the hot path.
+        self._passing = -2
+        self._state = ConsumerState.NEGOTIATING
         self.paused = False
         # Random origins (RFC 3550 §5.1) and the offsets that produce them.
         self.next_seq = random.getrandbits(16)
@@ -133,6 +135,16 @@ class Consumer:
         if self.state is ConsumerState.NEGOTIATING:
             self.state = ConsumerState.WAITING_KEYFRAME  # even if paused: resume starts it
             self._wait_for_keyframe(now)
+
+    @property
+    def state(self) -> ConsumerState:
+        return self._state
+
+    @state.setter
+    def state(self, value: ConsumerState) -> None:
+        self._state = value
+        forwarding = value is ConsumerState.FORWARDING and not self._rewrite_vp8
+        self._passing = self.layer if forwarding else -2
 
     @property
     def awaiting_keyframe(self) -> bool:
@@ -209,19 +221,11 @@ class Consumer:
     # --- hot path -----------------------------------------------------------------
 
     def forward(self, packet: bytes, seq: int, ts: int, keyframe: bool, layer: int = 0) -> None:
-        if layer != self.layer or self.state is not ConsumerState.FORWARDING:
-            # Another layer's packet, or not forwarding: only the target's keyframe starts.
-            if not keyframe or layer != self.target_layer or self.paused:
+        if layer != self._passing:
+            entered = self._enter(packet, seq, ts, keyframe, layer)
+            if entered is None:
                 return
-            if self.state is ConsumerState.FORWARDING:
-                self.next_seq = (self.last_seq + 1) & 0xFFFF  # a switch: numbering goes on
-            elif self.state is not ConsumerState.WAITING_KEYFRAME:
-                return
-            self._begin_segment(packet, seq, ts, layer)
-        if self._rewrite_vp8:
-            packet = rewrite_descriptor(
-                packet, payload_offset(packet), self.pic_delta, self.tl0_delta
-            )
+            packet = entered
         second = packet[1]
         if self._drop_to_frame_end:
             if second & 0x80:
@@ -247,6 +251,24 @@ class Consumer:
         elif self.kind == "video" and not second & 0x80:
             # Queue full: skip the rest of this frame rather than send half of it late.
             self._drop_to_frame_end = True
+
+    def _enter(self, packet: bytes, seq: int, ts: int, keyframe: bool, layer: int) -> bytes | None:
+        """Not a packet to pass as is: drop it, start or switch on it, or renumber its VP8."""
+        state = self._state
+        if layer != self.layer or state is not ConsumerState.FORWARDING:
+            # Another layer's packet, or not forwarding: only the target's keyframe starts.
+            if not keyframe or layer != self.target_layer or self.paused:
+                return None
+            if state is ConsumerState.FORWARDING:
+                self.next_seq = (self.last_seq + 1) & 0xFFFF  # a switch: numbering goes on
+            elif state is not ConsumerState.WAITING_KEYFRAME:
+                return None
+            self._begin_segment(packet, seq, ts, layer)
+        if self._rewrite_vp8:
+            return rewrite_descriptor(
+                packet, payload_offset(packet), self.pic_delta, self.tl0_delta
+            )
+        return packet
 
     def _begin_segment(self, packet: bytes, seq: int, ts: int, layer: int) -> None:
         """First packet of a keyframe: continue our numbering from here (once per start)."""

@@ -199,6 +199,7 @@ class Ingress:
         for producer in self.producers:
             ssrcs = []
             for layer in producer.layers:
+                layer.measure(now)
                 if layer.ssrc is None or layer.stats.packets_received == 0:
                     continue
                 clock = layer.sender_clock

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Layer", "SenderClock", "vp8_keyframe_size"]
 
-BITRATE_WINDOW_S = 1.0  # the bitrate figure is re-measured once per window
+BITRATE_WINDOW_S = 1.0  # the bitrate figure is re-measured about once per window
 
 
 @dataclass(slots=True)
@@ -85,7 +85,7 @@ class Layer:
         self.octets = 0
         self.bitrate_bps = 0
         self._window_start = 0.0
-        self._window_octets = 0
+        self._window_octets = 0  # octets at the window start
         self._last_window_bps = 0
         # Last VP8 picture id / TL0PICIDX seen (-1: none), for continuous numbering on a switch.
         self.pic_id = -1
@@ -93,19 +93,20 @@ class Layer:
         self.width = 0  # from the last keyframe's header (VP8), 0 when unknown
         self.height = 0
 
-    def count(self, size: int, now: float) -> None:
-        """Account ``size`` payload bytes; refresh the bitrate figure once per window."""
-        self.octets += size
-        self._window_octets += size
+    def measure(self, now: float) -> None:
+        """Refresh the bitrate figure from the octets counted since the last call (about 1/s).
+
+        The larger of the last two windows: encoders swing (keyframes, CPU adaptation) and a
+        layer choice made on a dip would not fit a second later.
+        """
         elapsed = now - self._window_start
-        if elapsed >= BITRATE_WINDOW_S:
-            measured = int(self._window_octets * 8 / elapsed) if elapsed < 3 else 0
-            # The larger of the last two windows: encoders swing (keyframes, CPU adaptation)
-            # and a layer choice made on a dip would not fit a second later.
-            self.bitrate_bps = max(measured, self._last_window_bps)
-            self._last_window_bps = measured
-            self._window_start = now
-            self._window_octets = 0
+        if elapsed < BITRATE_WINDOW_S / 2:
+            return
+        measured = int((self.octets - self._window_octets) * 8 / elapsed) if elapsed < 3 else 0
+        self.bitrate_bps = max(measured, self._last_window_bps)
+        self._last_window_bps = measured
+        self._window_start = now
+        self._window_octets = self.octets
 
     def active(self, now: float, silence_s: float = 1.0) -> bool:
         """Packets arrived lately (a publisher drops its upper layers when its link is thin)."""

@@ -195,7 +195,8 @@ class Producer:
         seq = (packet[2] << 8) | packet[3]
         ts = _TIMESTAMP.unpack_from(packet, 4)[0]
         self.packets += 1
-        self.last_packet_at = layer.last_packet_at = now
+        self.last_packet_at = now
+        layer.last_packet_at = now
         layer.stats.update(seq, ts, now)
         if layer.nacks.on_packet(seq, now):
             self._feedback.nack_pending(self)
@@ -215,7 +216,7 @@ class Producer:
         layer.cache.put(seq, packet)
         size = self.last_payload_size = len(packet) - offset
         self.octets += size
-        layer.count(size, now)
+        layer.octets += size
         # Every audio packet can start a stream: only video payloads need looking at.
         keyframe = not self._video or is_keyframe_start(
             self._codec_name, memoryview(packet)[offset:]
@@ -231,7 +232,7 @@ class Producer:
         index = layer.index
         for consumer in self.consumers:
             consumer.forward(packet, seq, ts, keyframe, index)
-        if index == self.record_layer:
+        if self.recorders and index == self.record_layer:
             for recorder in self.recorders:
                 recorder.forward(packet, seq, ts, keyframe)
 
