@@ -632,3 +632,82 @@ async def test_malformed_rtp_never_raises() -> None:
             bytes([0x80 | rng.randrange(64)]) + rng.randbytes(rng.randint(11, 60)), now
         )
     s.ingress.close()
+
+
+# --- simulcast: layers learnt from the RID extensions ---------------------------------
+
+RID_EXT_ID = 10
+REPAIRED_RID_EXT_ID = 11
+
+
+def rid_element(rid: str, ext_id: int = RID_EXT_ID) -> bytes:
+    value = rid.encode()
+    return bytes([(ext_id << 4) | (len(value) - 1)]) + value
+
+
+def simulcast_setup() -> tuple[Ingress, Producer, FakeTransport]:
+    ingress = Ingress(on_stale=lambda producer: None, stale_after_s=5.0)
+    ingress.mid_extension_id = MID_EXT_ID
+    ingress.rid_extension_id = RID_EXT_ID
+    ingress.repaired_rid_extension_id = REPAIRED_RID_EXT_ID
+    transport = FakeTransport()
+    ingress.transport = cast(MediaTransport, transport)
+    producer = Producer(
+        track_id="TRS",
+        participant_id="PA1",
+        kind="video",
+        mid="1",
+        codec=VP8,
+        ssrc=None,
+        rtx_ssrc=None,
+        extension_map=IDENTITY,
+        feedback=ingress,
+        now=0.0,
+        rids=("h", "m", "l"),
+    )
+    ingress.add(producer)
+    return ingress, producer, transport
+
+
+def test_simulcast_layers_are_learnt_from_rid_and_repaired_rid() -> None:
+    ingress, producer, transport = simulcast_setup()
+    ssrcs = {"l": 0x111, "m": 0x222, "h": 0x333}
+    for rid, ssrc in ssrcs.items():
+        ingress.on_rtp(rtp(1, ssrc, extensions=mid_element("1") + rid_element(rid)), 0.0)
+        # Later packets carry no extension: the SSRC is known by now.
+        ingress.on_rtp(rtp(2, ssrc), 0.1)
+    assert [(layer.rid, layer.ssrc) for layer in producer.layers] == [
+        ("l", 0x111),
+        ("m", 0x222),
+        ("h", 0x333),
+    ]
+    assert [layer.stats.packets_received for layer in producer.layers] == [2, 2, 2]
+    # A retransmission stream names its layer with the repaired RID.
+    first_m = rtp(3, 0x222)
+    repaired = rtx_of(
+        first_m,
+        50,
+        rtx_ssrc=0x2222,
+        extensions=mid_element("1") + rid_element("m", REPAIRED_RID_EXT_ID),
+    )
+    ingress.on_rtp(repaired, 0.2)
+    assert producer.layers[1].rtx_ssrc == 0x2222
+    assert producer.layers[1].cache.get(3) is not None
+    # ... and a second copy of it (a browser's probe padding) is not forwarded again.
+    ingress.on_rtp(rtx_of(first_m, 51, rtx_ssrc=0x2222), 0.3)
+    assert producer.rtx_duplicates == 1
+    # An unknown rid or one without a RID extension binds nothing.
+    ingress.on_rtp(rtp(1, 0x444, extensions=mid_element("1") + rid_element("x")), 0.3)
+    ingress.on_rtp(rtp(1, 0x555, extensions=mid_element("1")), 0.3)
+    assert all(layer.ssrc in ssrcs.values() for layer in producer.layers)
+
+    # Feedback is per layer: a report block each, one REMB naming all, PLI to one layer.
+    messages = [m for p in ingress.periodic(1.0) for m in parse_rtcp(p)]
+    blocks = [b.ssrc for m in messages if isinstance(m, ReceiverReport) for b in m.reports]
+    assert sorted(blocks) == sorted(ssrcs.values())
+    rembs = [m for m in messages if isinstance(m, Remb)]
+    assert len(rembs) == 1 and sorted(rembs[0].ssrcs) == sorted(ssrcs.values())
+    assert producer.request_keyframe(1.0, 1)
+    assert [m.media_ssrc for m in transport.messages() if isinstance(m, Pli)] == [0x222]
+    assert producer.request_keyframe(1.1, 0)  # another layer: its own throttle
+    assert not producer.request_keyframe(1.2, 1)
