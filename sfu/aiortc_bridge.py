@@ -68,6 +68,7 @@ __all__ = [
     "restrict_host_addresses",
     "route_via",
     "selected_route",
+    "send_raw_rtp",
     "sender_ssrcs",
     "set_sender_identity",
     "srtp_sessions",
@@ -516,6 +517,14 @@ def impair_datagrams(
                     _send(data, addr)
 
             transport.sendto = sendto
+
+
+async def send_raw_rtp(pc: RTCPeerConnection, packet: bytes) -> None:
+    """Protect and send an RTP packet built by hand on an aiortc peer (test clients).
+
+    aiortc cannot send simulcast; a test publisher writes each layer's packets itself.
+    """
+    await dtls_transport(pc)._send_rtp(packet)
 
 
 def on_keyframe_request(sender: Any, callback: Callable[[], None]) -> None:
