@@ -90,15 +90,26 @@ class RecordingService:
 
     @classmethod
     async def open(
-        cls, data_dir: Path, keys: KeyStore, issuer: str, *, redis_url: str | None = None
+        cls,
+        data_dir: Path,
+        keys: KeyStore,
+        issuer: str,
+        *,
+        redis_url: str | None = None,
+        recover: bool = True,
     ) -> RecordingService:
         """Recordings in the data dir; ledger and revocations embedded (SQLite in the data
-        dir) or, with ``redis_url``, in Redis so every node of a cluster shares them."""
+        dir) or, with ``redis_url``, in Redis so every node of a cluster shares them.
+
+        ``recover=False`` for a worker process: its siblings may be recording right now, so
+        only the supervisor seals what a killed process left (:func:`recover_recordings`).
+        """
         store = RecordingStore(data_dir, load_master_key(data_dir), keys)
         in_use = hold_recordings_lock(data_dir)  # shared: offline recovery must wait for us
-        recovered = await asyncio.to_thread(store.recover)
-        if recovered:
-            log.info("recordings_recovered", recordings=recovered)
+        if recover:
+            recovered = await asyncio.to_thread(store.recover)
+            if recovered:
+                log.info("recordings_recovered", recordings=recovered)
         revocations: MemoryRevocationStore | RedisRevocationStore
         ledger: Ledger
         if redis_url:

@@ -18,6 +18,7 @@ loudly instead of forwarding nothing.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from pylibsrtp._binding import ffi, lib
 __all__ = [
     "PINNED_VERSIONS",
     "ContractError",
+    "DatagramDelay",
     "DatagramHandler",
     "FastSrtp",
     "ForwardingReceiver",
@@ -52,6 +54,7 @@ __all__ = [
     "TranscodingForbidden",
     "adopt_receiver",
     "adopt_sender",
+    "bind_ice_ports",
     "check_contract",
     "codec_instances",
     "dtls_transport",
@@ -69,6 +72,7 @@ __all__ = [
     "route_via",
     "selected_route",
     "send_raw_rtp",
+    "send_rtcp",
     "sender_ssrcs",
     "set_sender_identity",
     "srtp_sessions",
@@ -83,8 +87,12 @@ PINNED_VERSIONS = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
 # throwaway peer connection by check_contract().
 _MODULE_NAMES: tuple[tuple[object, str], ...] = (
     (aioice.ice, "get_host_addresses"),
+    (aioice.ice, "asyncio"),  # bind_ice_ports swaps it for a proxy choosing the bind port
+    (aioice.ice.Connection, "get_component_candidates"),
     (aioice.ice, "StunProtocol"),
     (aioice.ice.StunProtocol, "datagram_received"),
+    (aioice.ice.StunProtocol, "send_data"),
+    (aioice.ice.StunProtocol, "send_stun"),
     (aioice.ice.Connection, "data_received"),
     (aiortc.rtcrtpreceiver, "get_decoder"),
     (aiortc.rtcrtpsender, "get_encoder"),
@@ -171,6 +179,71 @@ def restrict_host_addresses(addresses: Sequence[str]) -> None:
         return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = host_addresses
+
+
+class _PortRangeLoop:
+    """The running loop, except that a UDP bind to port 0 takes a free port of the range."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ports: _PortCursor) -> None:
+        self._loop = loop
+        self._ports = ports
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+    async def create_datagram_endpoint(self, factory: Any, **kwargs: Any) -> Any:
+        local = kwargs.get("local_addr")
+        if local is None or local[1] != 0:
+            return await self._loop.create_datagram_endpoint(factory, **kwargs)
+        last: OSError | None = None
+        for port in self._ports.candidates():  # bounded: each port of the range once
+            try:
+                return await self._loop.create_datagram_endpoint(
+                    factory, **{**kwargs, "local_addr": (local[0], port)}
+                )
+            except OSError as exc:  # in use (another peer, another program): try the next
+                last = exc
+        raise OSError(f"no free UDP port in {self._ports.low}-{self._ports.high}") from last
+
+
+class _PortCursor:
+    """Hands out the ports of [low, high] round-robin, so a freed port is not reused at once."""
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+        self._next = low
+
+    def candidates(self) -> list[int]:
+        start = self._next
+        span = self.high - self.low + 1
+        ports = [self.low + (start - self.low + i) % span for i in range(span)]
+        self._next = ports[1] if span > 1 else start
+        return ports
+
+
+class _AsyncioWithPortRange:
+    """``asyncio`` as aioice.ice sees it: the same module, with a port-choosing loop."""
+
+    def __init__(self, ports: _PortCursor) -> None:
+        self._ports = ports
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    def get_running_loop(self) -> Any:
+        return _PortRangeLoop(asyncio.get_running_loop(), self._ports)
+
+
+def bind_ice_ports(low: int, high: int) -> None:
+    """Make aioice bind ICE host candidates on UDP ports in [low, high] only.
+
+    aioice binds every host candidate to port 0 (any port); a firewall, or several workers
+    on one machine, need a known range. aioice looks the loop up through its module's
+    ``asyncio`` name, so that name gets a proxy whose loop picks the port.
+    """
+    if not 0 < low <= high <= 65535:
+        raise ValueError(f"invalid UDP port range {low}-{high}")
+    setattr(aioice.ice, "asyncio", _AsyncioWithPortRange(_PortCursor(low, high)))  # noqa: B010
 
 
 _codec_requests = {"decoders": 0, "encoders": 0}
@@ -489,6 +562,25 @@ def tap_received_rtp(pc: RTCPeerConnection, tap: RtpTap, *, swallow: bool = Fals
 
 
 DatagramFilter = Callable[[bytes], bool]
+DatagramDelay = Callable[[bytes], float | None]
+"""Seconds to hold a datagram before it goes on (0: now), or None to drop it."""
+
+
+_rtcp_sends: set[asyncio.Task[None]] = set()
+
+
+def send_rtcp(pc: RTCPeerConnection, data: bytes) -> None:
+    """Send one plain RTCP packet on an aiortc peer (it protects it as SRTCP); returns at
+    once. A send on a connection that has gone away is dropped quietly."""
+    task = asyncio.get_running_loop().create_task(dtls_transport(pc)._send_rtp(data))
+    _rtcp_sends.add(task)
+    task.add_done_callback(_rtcp_sent)
+
+
+def _rtcp_sent(task: asyncio.Task[None]) -> None:
+    _rtcp_sends.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: a closed connection is not an error here
 
 
 def impair_datagrams(
@@ -496,27 +588,96 @@ def impair_datagrams(
     *,
     drop_outgoing: DatagramFilter | None = None,
     drop_incoming: DatagramFilter | None = None,
-) -> None:
-    """Drop datagrams below SRTP on an aiortc peer's ICE sockets (user-space impairment).
+    outgoing: DatagramDelay | None = None,
+    incoming: DatagramDelay | None = None,
+) -> int:
+    """Impair datagrams below SRTP on an aiortc peer's ICE sockets (user-space netem).
 
-    This kernel has no netem; tests and the bench impair links here instead. Each
-    filter sees the raw datagram and returns True to drop it.
+    This kernel has no netem; tests and the bench impair links here instead. A
+    ``drop_*`` filter sees the raw datagram and returns True to drop it; ``outgoing`` /
+    ``incoming`` return a delay (held with ``loop.call_later``) or None to drop it (see
+    ``signaling.client.impair``). Applies to the sockets gathered so far; returns how
+    many were impaired.
     """
-    dtls = dtls_transport(pc)
-    if drop_incoming is not None:
-        incoming = drop_incoming
-        install_datagram_hook(dtls, lambda data, addr, via: incoming(data))
     if drop_outgoing is not None:
-        outgoing = drop_outgoing
-        for protocol in dtls.transport._connection._protocols:
-            transport = protocol.transport
-            send = transport.sendto
+        outgoing = _as_delay(drop_outgoing)
+    if drop_incoming is not None:
+        incoming = _as_delay(drop_incoming)
+    dtls = dtls_transport(pc)
+    loop = asyncio.get_running_loop()
+    impaired = 0
+    for protocol in dtls.transport._connection._protocols:
+        impaired += 1
+        if incoming is not None:
+            received = protocol.datagram_received
 
-            def sendto(data: bytes, addr: Any = None, _send: Any = send) -> None:
-                if not outgoing(data):
-                    _send(data, addr)
+            def on_datagram(
+                data: bytes,
+                addr: Any,
+                _received: Any = received,
+                _decide: Any = incoming,
+                _protocol: Any = protocol,
+            ) -> None:
+                hold = _decide(data)
+                if hold is None:
+                    return
+                if hold > 0:
+                    loop.call_later(hold, _receive_unless_closed, _protocol, _received, data, addr)
+                else:
+                    _received(data, addr)
 
-            transport.sendto = sendto
+            protocol.datagram_received = on_datagram
+        if outgoing is not None:
+            _impair_sends(protocol, outgoing, loop)
+    return impaired
+
+
+def _impair_sends(protocol: Any, decide: DatagramDelay, loop: asyncio.AbstractEventLoop) -> None:
+    """Wrap aioice's two send paths of one socket (uvloop's ``transport.sendto`` cannot be
+    replaced): ``send_data`` (DTLS, SRTP, SRTCP) and ``send_stun`` (ICE checks)."""
+    send_data = protocol.send_data
+    send_stun = protocol.send_stun
+
+    def later(hold: float, data: bytes, addr: Any) -> None:
+        loop.call_later(hold, _send_unless_closed, protocol, data, addr)
+
+    async def impaired_data(data: bytes, addr: Any) -> None:
+        hold = decide(data)
+        if hold is None:
+            return
+        if hold > 0:
+            later(hold, data, addr)
+        else:
+            await send_data(data, addr)
+
+    def impaired_stun(message: Any, addr: Any) -> None:
+        data = bytes(message)
+        hold = decide(data)
+        if hold is None:
+            return
+        if hold > 0:
+            later(hold, data, addr)
+        else:
+            send_stun(message, addr)
+
+    protocol.send_data = impaired_data
+    protocol.send_stun = impaired_stun
+
+
+def _as_delay(drop: DatagramFilter) -> DatagramDelay:
+    return lambda data: None if drop(data) else 0.0
+
+
+def _receive_unless_closed(protocol: Any, receive: Any, data: bytes, addr: Any) -> None:
+    transport = protocol.transport
+    if transport is not None and not transport.is_closing():
+        receive(data, addr)
+
+
+def _send_unless_closed(protocol: Any, data: bytes, addr: Any) -> None:
+    transport = protocol.transport
+    if transport is not None and not transport.is_closing():
+        transport.sendto(data, addr)
 
 
 async def send_raw_rtp(pc: RTCPeerConnection, packet: bytes) -> None:

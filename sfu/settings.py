@@ -42,6 +42,8 @@ webhook_retry_max_s      SFU_WEBHOOK_RETRY_MAX   --webhook-retry-max   30
 webhook_queue_size       SFU_WEBHOOK_QUEUE_SIZE  --webhook-queue-size  10000 (per URL)
 redis_url                SFU_REDIS_URL           --redis               none (webhooks, consent)
 drain_deadline_s         SFU_DRAIN_DEADLINE      --drain-deadline      300
+workers                  SFU_WORKERS             --workers             1 (N, or auto: one per core)
+ice_port_range           SFU_ICE_PORT_RANGE      --ice-port-range      none (any free UDP port)
 max_message_bytes        -                       -                     65536
 subscriber_queue_bytes   -                       -                     262144 (256 KiB)
 =======================  ======================  ====================  ==========================
@@ -53,6 +55,7 @@ import argparse
 import ipaddress
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +75,7 @@ __all__ = [
     "SettingsError",
     "add_serve_arguments",
     "is_loopback_host",
+    "usable_cores",
 ]
 
 DEFAULT_HOST = "127.0.0.1"
@@ -421,6 +425,52 @@ def _check_redis_url(value: object) -> None:
         raise SettingsError("must not contain spaces or control characters")
 
 
+MAX_WORKERS = 256
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1: ``--workers auto``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _parse_workers(raw: str) -> int:
+    value = raw.strip().lower()
+    if value == "auto":
+        return usable_cores()
+    try:
+        return int(value, 10)
+    except ValueError:
+        raise SettingsError(f"must be a worker count or 'auto', got {raw!r}") from None
+
+
+def _check_workers(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise SettingsError(f"must be in 1..{MAX_WORKERS} (or 'auto'), got {value!r}")
+
+
+def _parse_port_range(raw: str) -> tuple[int, int]:
+    low, sep, high = raw.strip().partition("-")
+    if not sep:
+        raise SettingsError(f"must be LOW-HIGH, e.g. 40000-40999, got {raw!r}")
+    return (_parse_int(low), _parse_int(high))
+
+
+def _check_port_range(value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, tuple) or len(value) != 2:
+        raise SettingsError("must be a (low, high) pair of UDP ports")
+    low, high = value
+    for port in value:
+        if isinstance(port, bool) or not isinstance(port, int) or not 1024 <= port <= 65535:
+            raise SettingsError(f"ports must be in 1024..65535, got {port!r}")
+    if low > high:
+        raise SettingsError(f"low port {low} is above high port {high}")
+
+
 def is_loopback_host(host: str) -> bool:
     """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
     if host.rstrip(".").lower() == "localhost":
@@ -543,6 +593,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("drain_deadline_s", "SFU_DRAIN_DEADLINE", "--drain-deadline", "SECONDS",
            "on SIGTERM, wait at most this long for participants to leave (default 300; "
            "SIGINT waits at most 5)", _parse_float, _check_drain_deadline),
+    Option("workers", "SFU_WORKERS", "--workers", "N|auto",
+           "worker processes behind the one port, rooms placed by load; auto: one per core "
+           "(default 1: a single process)", _parse_workers, _check_workers),
+    Option("ice_port_range", "SFU_ICE_PORT_RANGE", "--ice-port-range", "LOW-HIGH",
+           "UDP ports for ICE host candidates, split evenly between workers "
+           "(default: any free port)", _parse_port_range, _check_port_range),
     Option("max_message_bytes", None, None, "BYTES",
            "largest signalling message accepted", None, _check_positive_int),
     Option("subscriber_queue_bytes", None, None, "BYTES",
@@ -594,6 +650,8 @@ class Settings:
     webhook_queue_size: int = 10000
     redis_url: str | None = field(default=None, repr=False)
     drain_deadline_s: float = 300.0
+    workers: int = 1
+    ice_port_range: tuple[int, int] | None = None
     max_message_bytes: int = 65536
     subscriber_queue_bytes: int = 256 * 1024
 
@@ -611,6 +669,10 @@ class Settings:
             raise SettingsError("TURN URIs (--turn-uri, SFU_TURN_URIS) need --turn-secret")
         if self.turn_secret and not any(u.startswith("turn") for u in self.turn_uris):
             raise SettingsError("--turn-secret (SFU_TURN_SECRET) needs a turn: --turn-uri")
+        if self.ice_port_range is not None and (
+            self.ice_port_range[1] - self.ice_port_range[0] + 1 < self.workers
+        ):
+            raise SettingsError("--ice-port-range needs at least one port per worker")
         if self.webhook_urls and not self.webhook_key:
             raise SettingsError(
                 "webhooks are always signed: --webhook-url needs --webhook-key (SFU_WEBHOOK_KEY)"
@@ -622,9 +684,7 @@ class Settings:
         return self.tls_cert is not None or self.tls_self_signed
 
     @classmethod
-    def from_env_and_args(
-        cls, args: argparse.Namespace | None, env: Mapping[str, str]
-    ) -> Settings:
+    def from_env_and_args(cls, args: argparse.Namespace | None, env: Mapping[str, str]) -> Settings:
         """Build Settings from parsed ``serve`` flags (may be None) over ``SFU_*`` variables.
 
         ``args`` is a namespace from a parser set up with :func:`add_serve_arguments`; a flag left
@@ -690,6 +750,8 @@ class Settings:
             "webhook_queue_size": self.webhook_queue_size,
             "redis_url": _redact_url(self.redis_url) if self.redis_url else None,
             "drain_deadline_s": self.drain_deadline_s,
+            "workers": self.workers,
+            "ice_port_range": list(self.ice_port_range) if self.ice_port_range else None,
             "max_message_bytes": self.max_message_bytes,
             "subscriber_queue_bytes": self.subscriber_queue_bytes,
         }

@@ -20,6 +20,8 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
+from sfu import aiortc_bridge as bridge
+from signaling.client.impair import Impairment, LinkModel
 from signaling.client.sdp import (
     answer_offer,
     create_offer,
@@ -58,6 +60,8 @@ class Participant:
         drain: bool = False,
         use_server_ice_servers: bool = False,
         timeout: float = DEFAULT_TIMEOUT,
+        impair_send: Impairment | None = None,
+        impair_receive: Impairment | None = None,
     ) -> None:
         self.signal = signal
         self.publish_pc: RTCPeerConnection | None = None
@@ -82,6 +86,9 @@ class Participant:
         self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._impair = (impair_send, impair_receive)
+        self.link_models: dict[str, LinkModel] = {}
+        """``publish.send``, ``subscribe.receive``, ...: the impairment applied, with counts."""
         signal.add_listener(self._on_message)
         self._spawn(self._run_inbox(), "participant-inbox")
 
@@ -98,6 +105,8 @@ class Participant:
         use_server_ice_servers: bool = False,
         max_redirects: int = 3,
         timeout: float = DEFAULT_TIMEOUT,
+        impair_send: Impairment | None = None,
+        impair_receive: Impairment | None = None,
     ) -> Participant:
         """Connect to ``url``, ``join`` with ``token`` (following ``redirect``s) and
         publish ``publish_tracks`` if any.
@@ -107,6 +116,9 @@ class Participant:
         ``use_server_ice_servers`` configures both peer connections with
         ``joined.ice_servers`` (TURN); by default no ICE servers are used.
         ``video_codec`` (e.g. ``"video/H264"``) is offered first for video tracks.
+        ``impair_send`` / ``impair_receive`` impair what this participant's peer
+        connections send / receive, below SRTP (``signaling.client.impair``), from
+        their first negotiation on.
         """
         for _ in range(max_redirects + 1):
             signal = await SignalClient.connect(url, timeout=timeout)
@@ -116,6 +128,8 @@ class Participant:
                 drain=drain,
                 use_server_ice_servers=use_server_ice_servers,
                 timeout=timeout,
+                impair_send=impair_send,
+                impair_receive=impair_receive,
             )
             try:
                 reply = await signal.request({"type": "join", "token": token}, timeout)
@@ -192,6 +206,7 @@ class Participant:
         pc = self.publish_pc
         assert pc is not None
         offer = await create_offer(pc)
+        self._impair_pc(pc, "publish")
         reply = await self.signal.request({"type": "publish", "sdp": offer}, self._t(timeout))
         if reply.get("type") != "published" or not isinstance(reply.get("sdp"), str):
             raise ProtocolError(f"expected published with sdp, got {reply.get('type')}")
@@ -405,6 +420,7 @@ class Participant:
         if self.subscribe_pc is None:
             self.subscribe_pc = RTCPeerConnection(self._configuration())
         answer = await answer_offer(self.subscribe_pc, sdp)
+        self._impair_pc(self.subscribe_pc, "subscribe")
         await self.signal.send({"type": "answer", "sdp": answer})
         self.subscribe_negotiations += 1
         await self._reconcile_remote_tracks(received_tracks(self.subscribe_pc, offered_tracks(sdp)))
@@ -442,6 +458,14 @@ class Participant:
 
     # plumbing
 
+    def _impair_pc(self, pc: RTCPeerConnection, name: str) -> None:
+        """Once per PC, after its sockets are gathered: apply the impairment, if any."""
+        send, receive = self._impair
+        if f"{name}.send" in self.link_models or f"{name}.receive" in self.link_models:
+            return
+        models = impair_peer_connection(pc, send, receive, 0 if name == "publish" else 2)
+        self.link_models.update({f"{name}.{way}": m for way, m in models.items()})
+
     def _configuration(self) -> RTCConfiguration:
         return rtc_configuration(self.ice_servers if self._use_server_ice else ())
 
@@ -452,6 +476,31 @@ class Participant:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def impair_peer_connection(
+    pc: RTCPeerConnection,
+    send: Impairment | None,
+    receive: Impairment | None,
+    stream: int = 0,
+) -> dict[str, LinkModel]:
+    """Impair what ``pc`` sends and/or receives from now on (call it once its sockets
+    are gathered, i.e. after ``setLocalDescription``). Returns the models applied, by
+    ``send`` / ``receive`` (their counters say what they did)."""
+    models: dict[str, LinkModel] = {}
+    if send is not None and not send.is_null:
+        models["send"] = send.model(stream)
+    if receive is not None and not receive.is_null:
+        models["receive"] = receive.model(stream + 1)
+    if models:
+        loop = asyncio.get_running_loop()
+        out, into = models.get("send"), models.get("receive")
+        bridge.impair_datagrams(
+            pc,
+            outgoing=None if out is None else lambda d: out.decide(len(d), loop.time()),
+            incoming=None if into is None else lambda d: into.decide(len(d), loop.time()),
+        )
+    return models
 
 
 def _ice_server(server: Mapping[str, Any]) -> RTCIceServer:

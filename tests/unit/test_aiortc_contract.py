@@ -8,6 +8,7 @@ after each test.
 from __future__ import annotations
 
 import random
+import socket
 import struct
 from collections.abc import Callable
 from importlib.metadata import version
@@ -28,6 +29,7 @@ from sfu.aiortc_bridge import (
     ContractError,
     FastSrtp,
     TranscodingForbidden,
+    bind_ice_ports,
     check_contract,
     codec_instances,
     forbid_transcoding,
@@ -86,6 +88,18 @@ async def test_check_contract_passes_on_pinned_versions() -> None:
             "_handle_rtp_data",
             "RTCDtlsTransport._handle_rtp_data is missing",
             id="dtls-handle-rtp",
+        ),
+        pytest.param(
+            aioice.ice.StunProtocol,
+            "send_data",
+            "StunProtocol.send_data is missing",
+            id="stun-send-data",
+        ),
+        pytest.param(
+            aioice.ice.StunProtocol,
+            "send_stun",
+            "StunProtocol.send_stun is missing",
+            id="stun-send-stun",
         ),
         pytest.param(
             aioice.ice,
@@ -222,6 +236,38 @@ async def test_restricted_addresses_are_what_aioice_gathers(
         assert {c.host for c in connection.local_candidates} == {"127.0.0.1"}
     finally:
         await connection.close()
+
+
+async def test_bound_ice_ports_are_what_aioice_binds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)
+    monkeypatch.setattr(aioice.ice, "asyncio", aioice.ice.asyncio)  # type: ignore[attr-defined]
+    restrict_host_addresses(["127.0.0.1"])
+    bind_ice_ports(61310, 61312)
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    blocker.bind(("127.0.0.1", 61310))  # taken by someone else: skipped, not fatal
+    connections = [aioice.Connection(ice_controlling=True, use_ipv6=False) for _ in range(3)]
+    try:
+        for connection in connections[:2]:
+            await connection.gather_candidates()
+        ports = [c.port for conn in connections[:2] for c in conn.local_candidates]
+        assert sorted(ports) == [61311, 61312]
+        await connections[2].gather_candidates()  # the range is full: no candidate, no crash
+        assert connections[2].local_candidates == []
+    finally:
+        blocker.close()
+        for connection in connections:
+            await connection.close()
+
+
+def test_contract_lists_what_bind_ice_ports_touches() -> None:
+    names = {(owner, name) for owner, name in bridge._MODULE_NAMES}
+    assert (aioice.ice, "asyncio") in names
+    assert (aioice.ice.Connection, "get_component_candidates") in names
+
+
+def test_bind_ice_ports_refuses_a_bad_range() -> None:
+    with pytest.raises(ValueError, match="invalid UDP port range"):
+        bind_ice_ports(5000, 4000)
 
 
 # --- FastSrtp -----------------------------------------------------------------------------
