@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from playwright.async_api import BrowserContext
 from sfu import aiortc_bridge as bridge
 from sfu.rtp import is_rtcp
 from signaling.client import Participant
+from signaling.client.impair import Impairment, LinkModel
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(150)]
 
@@ -65,7 +65,7 @@ class Viewer:
     frames: list[tuple[float, int, int]] = field(default_factory=list)  # (time, w, h)
     errors: list[BaseException] = field(default_factory=list)
     video_bytes: list[tuple[float, int]] = field(default_factory=list)
-    drop: Callable[[bytes], bool] | None = None
+    link: LinkModel | None = None  # the subscriber's downlink, None: unimpaired
     readers: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -118,10 +118,11 @@ async def _viewer(server: ServerProcess, room: str, name: str, video_track: str)
 
     bridge.tap_received_rtp(participant.subscribe_pc, tap)
 
-    def drop(data: bytes) -> bool:
-        return viewer.drop(data) if viewer.drop is not None else False
+    def downlink(data: bytes) -> float | None:
+        link = viewer.link
+        return 0.0 if link is None else link.decide(len(data), time.monotonic())
 
-    bridge.impair_datagrams(participant.subscribe_pc, drop_incoming=drop)
+    bridge.impair_datagrams(participant.subscribe_pc, incoming=downlink)
     return viewer
 
 
@@ -133,25 +134,6 @@ def _video_payload_types(participant: Participant) -> set[int]:
         if line.startswith("m=video"):
             pts |= {int(p) for p in line.split()[3:]}
     return pts
-
-
-def rate_limit(bytes_per_s: float, burst: int = 20_000) -> Callable[[bytes], bool]:
-    """A token bucket on received datagrams: what does not fit is dropped (a thin link)."""
-    state = {"tokens": float(burst), "at": time.monotonic()}
-    rng = random.Random(7)
-
-    def drop(data: bytes) -> bool:
-        if len(data) < 200 or not 128 <= data[0] <= 191:
-            return False  # STUN, DTLS, RTCP-sized: let signalling-level traffic through
-        now = time.monotonic()
-        state["tokens"] = min(burst, state["tokens"] + (now - state["at"]) * bytes_per_s)
-        state["at"] = now
-        if state["tokens"] >= len(data):
-            state["tokens"] -= len(data)
-            return False
-        return rng.random() < 0.98
-
-    return drop
 
 
 async def _wait_width(
@@ -247,7 +229,8 @@ async def test_chromium_simulcast_to_two_aiortc_subscribers(
         # Its link becomes thin: loss drives it down to what fits, frames keep coming.
         await thin.client.track_settings(video_id, quality="high")
         await _wait_width(thin, lambda w: w == 1280, "back to full size", 15)
-        thin.drop = rate_limit(60_000)  # ~480 kbit/s: the top layer does not fit
+        # A 480 kbit/s link with a 200 ms drop-tail queue: the top layer does not fit.
+        thin.link = Impairment(rate=480, seed=7).model()
         limited, limited_wall = time.monotonic(), time.time()
         drop_down = await _wait_width(thin, lambda w: w < 1280, "a lower layer under loss", 30)
         # aiortc's receiver NACKs a hole only when a newer one appears: a retransmission
@@ -260,7 +243,7 @@ async def test_chromium_simulcast_to_two_aiortc_subscribers(
         assert thin.frames_since(settled) > 10, "video keeps flowing on the lower layer"
         rates["thin link, lower layer"] = thin.rate_since(settled)
         # The link recovers: after some clean seconds the subscriber climbs back up.
-        thin.drop = None
+        thin.link = None
         limited_changes = _target_changes(server, thin.client.id, limited_wall)
         was_lower = thin.size() != (1280, 720)
         climb = await _wait_width(thin, lambda w: w == 1280, "full size again", 45)
