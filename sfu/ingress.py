@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from sfu.producer import Producer
     from sfu.transport import MediaTransport
 
-__all__ = ["Ingress"]
+__all__ = ["SIMULCAST_REMB_BPS", "Ingress", "wanted_publish_rate"]
 
 _SSRC = struct.Struct("!I")
 NACK_INTERVAL_S = 0.02

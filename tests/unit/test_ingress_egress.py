@@ -16,7 +16,14 @@ from typing import cast
 from sfu.codec import Codec
 from sfu.consumer import Consumer
 from sfu.egress import Egress
-from sfu.ingress import DEFAULT_REMB_BPS, MAX_REMB_BPS, MIN_REMB_BPS, Ingress
+from sfu.ingress import (
+    DEFAULT_REMB_BPS,
+    MAX_REMB_BPS,
+    MIN_REMB_BPS,
+    SIMULCAST_REMB_BPS,
+    Ingress,
+    wanted_publish_rate,
+)
 from sfu.producer import Producer
 from sfu.rtcp import (
     Nack,
@@ -711,3 +718,33 @@ def test_simulcast_layers_are_learnt_from_rid_and_repaired_rid() -> None:
     assert [m.media_ssrc for m in transport.messages() if isinstance(m, Pli)] == [0x222]
     assert producer.request_keyframe(1.1, 0)  # another layer: its own throttle
     assert not producer.request_keyframe(1.2, 1)
+
+
+def test_simulcast_remb_asks_for_the_best_subscriber_plus_the_layers_below() -> None:
+    _, producer, _ = simulcast_setup()
+    for layer, rate in zip(producer.layers, (150_000, 500_000, 1_500_000), strict=True):
+        layer.bitrate_bps = rate
+    assert wanted_publish_rate(producer, None) == SIMULCAST_REMB_BPS  # nobody limited
+    assert wanted_publish_rate(producer, 600_000) == 600_000 + 150_000 + 500_000
+    assert wanted_publish_rate(producer, 200_000) == 200_000 + 150_000
+    assert wanted_publish_rate(producer, 10_000) == 300_000  # the base layer keeps flowing
+    assert wanted_publish_rate(producer, 5_000_000) == SIMULCAST_REMB_BPS
+
+
+def test_recorders_get_only_the_top_layer() -> None:
+    _, producer, _ = simulcast_setup()
+
+    class Recorder:
+        needs_keyframe = False
+
+        def __init__(self) -> None:
+            self.seqs: list[int] = []
+
+        def forward(self, packet: bytes, seq: int, ts: int, keyframe: bool) -> None:
+            self.seqs.append(seq)
+
+    recorder = Recorder()
+    producer.recorders.append(recorder)
+    for index, layer in enumerate(producer.layers):
+        producer.on_rtp(rtp(100 + index, 0x700 + index), 0.0, layer)
+    assert recorder.seqs == [102]
