@@ -79,6 +79,7 @@ __all__ = [
     "restrict_host_addresses",
     "route_via",
     "selected_route",
+    "send_raw_rtp",
     "send_rtcp",
     "sender_ssrcs",
     "set_sender_identity",
@@ -712,6 +713,14 @@ def _send_unless_closed(protocol: Any, data: bytes, addr: Any) -> None:
     transport = protocol.transport
     if transport is not None and not transport.is_closing():
         transport.sendto(data, addr)
+
+
+async def send_raw_rtp(pc: RTCPeerConnection, packet: bytes) -> None:
+    """Protect and send an RTP packet built by hand on an aiortc peer (test clients).
+
+    aiortc cannot send simulcast; a test publisher writes each layer's packets itself.
+    """
+    await dtls_transport(pc)._send_rtp(packet)
 
 
 def on_keyframe_request(sender: Any, callback: Callable[[], None]) -> None:

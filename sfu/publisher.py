@@ -2,7 +2,8 @@
 
 The client offers, we answer. Each sending m-line becomes a :class:`Producer`; the
 answer is restricted to the one codec we forward for it, so the publisher cannot
-switch to a codec its subscribers never negotiated.
+switch to a codec its subscribers never negotiated. A simulcast m-line (``a=simulcast``)
+becomes one producer with a layer per rid; aiortc's answer gets the receive side added.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sfu.ingress import Ingress
 from sfu.peer_connection import MediaConfig, announce_address, new_peer_connection
 from sfu.producer import Producer
 from sfu.sdp_guard import SdpError, validate_offer
+from sfu.simulcast_sdp import SimulcastOffer, add_simulcast_to_answer, offered_simulcast
 from sfu.transport import MediaTransport
 
 __all__ = ["Publisher"]
@@ -92,6 +94,7 @@ class Publisher:
             parsed = bridge.parse_sdp(offer)
         except Exception as exc:  # noqa: BLE001 - aiortc's parser raises anything
             raise SdpError(f"the offer does not parse ({type(exc).__name__})") from None
+        simulcast = offered_simulcast(offer)
         async with self._lock:
             if self._closed:
                 raise SdpError("the participant is leaving")
@@ -110,8 +113,17 @@ class Publisher:
                 raise SdpError(
                     f"the offer could not be negotiated ({type(exc).__name__})"
                 ) from None
-            added = self._update_producers(parsed, summary.media, sources or {})
+            added = self._update_producers(parsed, summary.media, simulcast, sources or {})
+        answer = add_simulcast_to_answer(answer, self._simulcast_accepted(simulcast))
         return announce_address(answer, self._media.announce_ip), added
+
+    def _simulcast_accepted(self, offers: dict[str, SimulcastOffer]) -> dict[str, SimulcastOffer]:
+        """The simulcast m-lines whose producer has layers (a renegotiation keeps them)."""
+        return {
+            mid: layers
+            for mid, layers in offers.items()
+            if mid in self.producers and self.producers[mid].simulcast
+        }
 
     async def _answer(self, offer: str) -> str:
         pc = self._peer_connection()
@@ -162,6 +174,7 @@ class Publisher:
         self,
         parsed: Any,
         media_summary: Sequence[tuple[str, str, str, frozenset[str]]],
+        simulcast: dict[str, SimulcastOffer],
         sources: Mapping[str, str],
     ) -> list[Producer]:
         assert self.transport is not None
@@ -184,6 +197,11 @@ class Publisher:
             for ext in extensions:
                 if ext.uri == MID_URI:
                     self.ingress.mid_extension_id = ext.id
+            layers = simulcast.get(mid)
+            if layers is not None:
+                # Bundled m-lines share one id space: one pair of ids serves them all.
+                self.ingress.rid_extension_id = layers.rid_ext_id
+                self.ingress.repaired_rid_extension_id = layers.repaired_rid_ext_id
             producer = Producer(
                 track_id=new_id("TR"),
                 participant_id=self.participant_id,
@@ -197,6 +215,7 @@ class Publisher:
                 now=now,
                 audio_level_id=_audio_level_id(kind, extensions),
                 source=sources.get(mid),
+                rids=layers.rids if layers is not None else (),
             )
             self.producers[mid] = producer
             self.ingress.add(producer)

@@ -20,6 +20,7 @@ from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from sfu import aiortc_bridge as bridge
 from sfu.consumer import Consumer
 from sfu.egress import Egress
+from sfu.layer_choice import Preference
 from sfu.peer_connection import MediaConfig, announce_address, new_peer_connection
 from sfu.producer import Producer
 from sfu.sdp_guard import validate_answer
@@ -54,6 +55,7 @@ class Subscriber:
         # Ended m-lines, reusable by a track of the same codec: (transceiver, last consumer).
         self._idle: list[tuple[Any, Consumer]] = []
         self._paused: dict[str, bool] = {}
+        self._preferences: dict[str, Preference] = {}
         self._answer: asyncio.Future[str] | None = None
         self._task: asyncio.Task[None] | None = None
         self._offer: dict[str, Any] | None = None  # the last offer sent, for a resend
@@ -78,6 +80,13 @@ class Subscriber:
         consumer = self.consumers.get(track_id)
         if consumer is not None:
             consumer.set_paused(paused, time.monotonic())
+
+    def set_preference(self, track_id: str, preference: Preference) -> None:
+        """Which simulcast layer this participant wants of a track (``track.settings``)."""
+        self._preferences[track_id] = preference
+        consumer = self.consumers.get(track_id)
+        if consumer is not None:
+            consumer.set_preference(preference, time.monotonic())
 
     # --- negotiation ----------------------------------------------------------------
 
@@ -166,6 +175,9 @@ class Subscriber:
         bridge.set_sender_identity(transceiver.sender, producer.participant_id, producer.id)
         if self._paused.get(producer.id):
             consumer.set_paused(True, time.monotonic())
+        preference = self._preferences.get(producer.id)
+        if preference is not None:
+            consumer.set_preference(preference, time.monotonic())
         producer.add_consumer(consumer)
         self.egress.add(consumer)
         self.consumers[producer.id] = consumer

@@ -10,6 +10,7 @@ from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp
 
 from sfu.ids import new_id
+from sfu.layer_choice import QUALITIES, Preference
 from sfu.participant import Participant
 from sfu.sdp_guard import SdpError
 from sfu.tokens import TokenError
@@ -27,7 +28,6 @@ __all__ = ["HANDLERS", "dispatch"]
 
 Handler = Callable[["SignalSession", dict[str, Any], "str | None"], Awaitable[None]]
 MAX_TRACKS_PER_REQUEST = 64
-QUALITIES = ("low", "medium", "high")
 SOURCES = ("camera", "microphone", "screen")
 
 
@@ -333,8 +333,12 @@ async def on_track_settings(
     paused = optional(message, "paused", bool)
     if quality is None and width is None and paused is None:
         raise ProtocolError("bad_request", "give 'quality', 'width'+'height' or 'paused'")
-    # With one layer per track (no simulcast yet) quality and size select nothing;
-    # pausing stops forwarding that track to this subscriber until it is resumed.
+    # Quality or rendered size choose the simulcast layer (nothing to choose without
+    # simulcast); pausing stops forwarding that track to this subscriber until resumed.
+    if quality is not None or width is not None:
+        participant.subscriber.set_preference(
+            producer.id, Preference(quality=quality, width=width, height=height)
+        )
     if paused is not None:
         participant.subscriber.set_paused(producer.id, paused)
     _ok(session, request_id)

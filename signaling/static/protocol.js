@@ -137,6 +137,18 @@ const MAX_REDIRECTS = 3;
  */
 
 /**
+ * Simulcast layers of a published video, highest first (the server reads the order so):
+ * full, half and quarter resolution. The browser sends only the layers the captured size
+ * allows (three from 960x540 up) and as many as its bandwidth estimate lets through.
+ * @type {RTCRtpEncodingParameters[]}
+ */
+const SIMULCAST_ENCODINGS = [
+  { rid: 'h', maxBitrate: 1_500_000 },
+  { rid: 'm', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'l', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+];
+
+/**
  * @typedef {object} ConnectionOptions
  * @property {boolean} [reconnect] re-join automatically after a drop (default true)
  * @property {number} [requestTimeoutMs] timeout of one request (default 10000)
@@ -150,6 +162,7 @@ const MAX_REDIRECTS = 3;
  * @property {number} [videoStallMs] a remote video that decodes no new frame this long (not muted, not
  *   paused) is nudged: paused and resumed, which makes the server ask its publisher for a keyframe
  *   (default 3000; 0 turns the watchdog off)
+ * @property {boolean} [simulcast] publish camera video as three simulcast layers (default true)
  * @property {(url: string) => WebSocket} [createSocket] for tests
  */
 
@@ -574,6 +587,7 @@ export class SfuConnection extends EventTarget {
       iceDisconnectedMs: options.iceDisconnectedMs ?? 2000,
       iceRestartTimeoutMs: options.iceRestartTimeoutMs ?? 8000,
       videoStallMs: options.videoStallMs ?? 3000,
+      simulcast: options.simulcast ?? true,
       createSocket: options.createSocket,
     };
   }
@@ -1343,7 +1357,11 @@ export class SfuConnection extends EventTarget {
           await transceiver.sender.replaceTrack(track);
           transceiver.direction = 'sendonly';
         } else {
-          transceiver = pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+          transceiver = pc.addTransceiver(track, {
+            direction: 'sendonly',
+            streams: [stream],
+            ...(track.kind === 'video' && this.options.simulcast ? { sendEncodings: SIMULCAST_ENCODINGS } : {}),
+          });
         }
         this.#senders.set(track, transceiver);
       }
