@@ -70,6 +70,7 @@ __all__ = [
     "impair_datagrams",
     "install_datagram_hook",
     "is_ice_restart",
+    "missing_packets",
     "negotiated_codecs",
     "negotiated_extensions",
     "on_keyframe_request",
@@ -79,6 +80,7 @@ __all__ = [
     "restrict_host_addresses",
     "route_via",
     "selected_route",
+    "send_nack",
     "send_raw_rtp",
     "send_rtcp",
     "sender_ssrcs",
@@ -112,6 +114,7 @@ _MODULE_NAMES: tuple[tuple[object, str], ...] = (
     (RTCRtpReceiver, "receive"),
     (RTCRtpReceiver, "stop"),
     (RTCRtpReceiver, "_handle_disconnect"),
+    (RTCRtpReceiver, "_send_rtcp_nack"),
     (RTCRtpSender, "send"),
     (RTCRtpSender, "stop"),
     (RTCRtpSender, "_send_keyframe"),
@@ -186,6 +189,7 @@ async def check_contract(*, check_versions: bool = True) -> None:
             (dtls.transport.iceGatherer, ("_remote_candidates_end",)),
             (dtls.transport._connection, _RESTART_STATE),
             (transceiver, ("_codecs", "_headerExtensions")),
+            (receiver, ("_RTCRtpReceiver__nack_generator",)),
             (pc, ("_RTCPeerConnection__cname",)),
         ):
             missing = [n for n in names if not hasattr(obj, n)]
@@ -865,3 +869,19 @@ async def add_host_candidates(pc: RTCPeerConnection, addresses: Sequence[str]) -
     candidates = await connection.get_component_candidates(component=1, addresses=list(addresses))
     connection._local_candidates = list(candidates)
     return len(candidates)
+
+
+def missing_packets(receiver: RTCRtpReceiver) -> set[int]:
+    """Sequence numbers an aiortc video receiver still misses (its NACK generator's set).
+
+    aiortc NACKs a hole once, when it first sees it, and asks again only when a newer
+    hole appears; a lost retransmission then stalls its 512-packet jitter buffer for
+    seconds. Our client re-asks for these (as libwebrtc does) with :func:`send_nack`.
+    """
+    generator = getattr(receiver, "_RTCRtpReceiver__nack_generator", None)
+    return set(generator.missing) if generator is not None else set()
+
+
+async def send_nack(receiver: RTCRtpReceiver, media_ssrc: int, lost: Sequence[int]) -> None:
+    """Send a generic NACK for ``lost`` on the receiver's transport."""
+    await receiver._send_rtcp_nack(media_ssrc, list(lost))

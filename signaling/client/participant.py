@@ -22,6 +22,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from sfu import aiortc_bridge as bridge
 from signaling.client.impair import Impairment, LinkModel
+from signaling.client.renack import renack_forever
 from signaling.client.sdp import (
     answer_offer,
     create_offer,
@@ -64,6 +65,7 @@ class Participant:
         timeout: float = DEFAULT_TIMEOUT,
         impair_send: Impairment | None = None,
         impair_receive: Impairment | None = None,
+        renack: bool = True,
     ) -> None:
         self.signal = signal
         self.publish_pc: RTCPeerConnection | None = None
@@ -93,6 +95,7 @@ class Participant:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._impair = (impair_send, impair_receive)
+        self._renack = renack
         self.link_models: dict[str, LinkModel] = {}
         """``publish.send``, ``subscribe.receive``, ...: the impairment applied, with counts."""
         signal.add_listener(self._on_message)
@@ -113,6 +116,7 @@ class Participant:
         timeout: float = DEFAULT_TIMEOUT,
         impair_send: Impairment | None = None,
         impair_receive: Impairment | None = None,
+        renack: bool = True,
     ) -> Participant:
         """Connect to ``url``, ``join`` with ``token`` (following ``redirect``s) and
         publish ``publish_tracks`` if any.
@@ -124,7 +128,9 @@ class Participant:
         ``video_codec`` (e.g. ``"video/H264"``) is offered first for video tracks.
         ``impair_send`` / ``impair_receive`` impair what this participant's peer
         connections send / receive, below SRTP (``signaling.client.impair``), from
-        their first negotiation on.
+        their first negotiation on. ``renack`` asks again for video packets still
+        missing every 100 ms, up to 10 times, as browsers do (``signaling.client.renack``);
+        load generators with their own NACK logic turn it off.
         """
         for _ in range(max_redirects + 1):
             signal = await SignalClient.connect(url, timeout=timeout)
@@ -136,6 +142,7 @@ class Participant:
                 timeout=timeout,
                 impair_send=impair_send,
                 impair_receive=impair_receive,
+                renack=renack,
             )
             participant.token = token
             try:
@@ -509,6 +516,8 @@ class Participant:
         """Apply a server offer on the subscribe PC (created on the first one) and answer."""
         if self.subscribe_pc is None:
             self.subscribe_pc = RTCPeerConnection(self._configuration())
+            if self._renack:
+                self._spawn(renack_forever(self.subscribe_pc), "subscribe-renack")
         restart = bridge.is_ice_restart(self.subscribe_pc, sdp)
         if restart:
             bridge.begin_ice_restart(self.subscribe_pc)  # before its candidates are added

@@ -78,6 +78,12 @@ async def test_check_contract_passes_on_pinned_versions() -> None:
             id="receiver-disconnect",
         ),
         pytest.param(
+            aiortc.rtcrtpreceiver.RTCRtpReceiver,
+            "_send_rtcp_nack",
+            "RTCRtpReceiver._send_rtcp_nack is missing",
+            id="receiver-send-nack",
+        ),
+        pytest.param(
             aiortc.rtcdtlstransport.RTCDtlsTransport,
             "_send_rtp",
             "RTCDtlsTransport._send_rtp is missing",
