@@ -314,6 +314,7 @@ async def join_oktorus(
         timeout=timeout,
         impair_send=impair_send,
         impair_receive=impair_receive,
+        renack=False,  # the bench's subscribers NACK by themselves (bench/nack.py)
     )
     peer = OktorusPeer(identity, participant)
     if subscribe and tap is not None:

@@ -176,16 +176,7 @@ class RecordingService:
     ) -> None:
         request.consents[participant.id] = Consent(participant)
         await self._log(request, "consent.requested", participant.identity, agent.identity)
-        participant.send(
-            {
-                "type": "consent.request",
-                "request": request.id,
-                "notice": request.notice,
-                "scope": sorted(request.scope),
-                "by": agent.id,
-                "purpose": PURPOSE,
-            }
-        )
+        participant.send(_consent_request(request))
 
     async def stop(self, room: Room, agent: Participant) -> None:
         if not agent.can("record"):
@@ -428,6 +419,14 @@ class RecordingService:
         except Exception:  # noqa: BLE001 - fail closed
             return False
 
+    def participant_resumed(self, room: Room, participant: Participant) -> None:
+        """A participant took over a new signalling connection (same id, same consent):
+        a question it has not answered yet is asked again, nothing else changes."""
+        request = self.rooms.get(room.id)
+        consent = request.consents.get(participant.id) if request is not None else None
+        if request is not None and consent is not None and consent.state == "pending":
+            participant.send(_consent_request(request))
+
     async def participant_left(self, room: Room, participant: Participant) -> None:
         request = self.rooms.get(room.id)
         if request is None:
@@ -618,3 +617,15 @@ async def _close(resource: object) -> None:
         result = close()
         if asyncio.iscoroutine(result):
             await result
+
+
+def _consent_request(request: RoomRecording) -> dict[str, Any]:
+    """``consent.request`` of protocol v1 (``purpose`` is an addition)."""
+    return {
+        "type": "consent.request",
+        "request": request.id,
+        "notice": request.notice,
+        "scope": sorted(request.scope),
+        "by": request.requested_by,
+        "purpose": PURPOSE,
+    }

@@ -19,6 +19,8 @@ loudly instead of forwarding nothing.
 from __future__ import annotations
 
 import asyncio
+import re
+import secrets
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,18 +52,26 @@ __all__ = [
     "FastSrtp",
     "ForwardingReceiver",
     "ForwardingSender",
+    "IceRestartError",
     "IceRoute",
     "TranscodingForbidden",
+    "add_host_candidates",
     "adopt_receiver",
     "adopt_sender",
+    "begin_ice_restart",
     "bind_ice_ports",
     "check_contract",
     "codec_instances",
+    "decode_from_keyframes",
     "dtls_transport",
     "egress_extension_ids",
+    "finish_ice_restart",
     "forbid_transcoding",
+    "ice_credentials",
     "impair_datagrams",
     "install_datagram_hook",
+    "is_ice_restart",
+    "missing_packets",
     "negotiated_codecs",
     "negotiated_extensions",
     "on_keyframe_request",
@@ -71,6 +81,8 @@ __all__ = [
     "restrict_host_addresses",
     "route_via",
     "selected_route",
+    "send_nack",
+    "send_raw_rtp",
     "send_rtcp",
     "sender_ssrcs",
     "set_sender_identity",
@@ -93,6 +105,9 @@ _MODULE_NAMES: tuple[tuple[object, str], ...] = (
     (aioice.ice.StunProtocol, "send_data"),
     (aioice.ice.StunProtocol, "send_stun"),
     (aioice.ice.Connection, "data_received"),
+    (aioice.ice.Connection, "connect"),
+    (aioice.ice.Connection, "sendto"),
+    (aioice.ice.Connection, "recvfrom"),
     (aiortc.rtcrtpreceiver, "get_decoder"),
     (aiortc.rtcrtpsender, "get_encoder"),
     (aiortc.codecs, "HEADER_EXTENSIONS"),
@@ -100,6 +115,7 @@ _MODULE_NAMES: tuple[tuple[object, str], ...] = (
     (RTCRtpReceiver, "receive"),
     (RTCRtpReceiver, "stop"),
     (RTCRtpReceiver, "_handle_disconnect"),
+    (RTCRtpReceiver, "_send_rtcp_nack"),
     (RTCRtpSender, "send"),
     (RTCRtpSender, "stop"),
     (RTCRtpSender, "_send_keyframe"),
@@ -115,6 +131,28 @@ _MODULE_NAMES: tuple[tuple[object, str], ...] = (
 _SRTP_MAX_TRAILER = 16 + 144  # pylibsrtp's SRTP_MAX_TRAILER_LEN covers both tags
 _SRTP_BUFFER = 1500 + _SRTP_MAX_TRAILER
 _REWRITE = struct.Struct("!BHII")  # RTP header bytes 1..11: M/PT, sequence, timestamp, SSRC
+
+
+# aioice.Connection state an in-place ICE restart resets (see begin_ice_restart).
+_RESTART_STATE = (
+    "_nominated",
+    "_nominating",
+    "_protocols",
+    "_check_list",
+    "_check_list_done",
+    "_check_list_state",
+    "_early_checks",
+    "_early_checks_done",
+    "_local_candidates",
+    "_local_username",
+    "_local_password",
+    "_remote_candidates",
+    "_remote_candidates_end",
+    "_query_consent_task",
+    "_queue",
+    "remote_username",
+    "remote_password",
+)
 
 
 class ContractError(RuntimeError):
@@ -148,8 +186,22 @@ async def check_contract(*, check_versions: bool = True) -> None:
             (sender, ("_ssrc", "_rtx_ssrc", "_stream_id", "_track_id")),
             (dtls, ("_rx_srtp", "_tx_srtp", "_transport")),
             (dtls.transport, ("_connection",)),
-            (dtls.transport._connection, ("_nominated", "_protocols")),
+            (dtls.transport, ("iceGatherer",)),
+            (dtls.transport.iceGatherer, ("_remote_candidates_end",)),
+            (dtls.transport._connection, _RESTART_STATE),
             (transceiver, ("_codecs", "_headerExtensions")),
+            (
+                receiver,
+                (
+                    "_RTCRtpReceiver__nack_generator",
+                    "_RTCRtpReceiver__jitter_buffer",
+                    "_RTCRtpReceiver__codecs",
+                ),
+            ),
+            (
+                getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None),
+                ("_origin", "_packets", "_is_video", "remove", "capacity", "add"),
+            ),
             (pc, ("_RTCPeerConnection__cname",)),
         ):
             missing = [n for n in names if not hasattr(obj, n)]
@@ -679,6 +731,14 @@ def _send_unless_closed(protocol: Any, data: bytes, addr: Any) -> None:
         transport.sendto(data, addr)
 
 
+async def send_raw_rtp(pc: RTCPeerConnection, packet: bytes) -> None:
+    """Protect and send an RTP packet built by hand on an aiortc peer (test clients).
+
+    aiortc cannot send simulcast; a test publisher writes each layer's packets itself.
+    """
+    await dtls_transport(pc)._send_rtp(packet)
+
+
 def on_keyframe_request(sender: Any, callback: Callable[[], None]) -> None:
     """Call ``callback()`` when the remote asks this aiortc sender for a keyframe (PLI/FIR).
 
@@ -686,3 +746,193 @@ def on_keyframe_request(sender: Any, callback: Callable[[], None]) -> None:
     own encoder; a sender fed pre-encoded media (the load generator) must hear it instead.
     """
     sender._send_keyframe = callback
+
+
+# --- ICE restart in place (aiortc 1.16 has none) ------------------------------------------
+#
+# An ICE restart keeps the peer connection, its DTLS association and SRTP keys, and
+# replaces only what ICE negotiates: fresh local ufrag/pwd, the remote's new ones, new
+# candidate pairs and a new nomination, on the same aioice Connection (so the datagram
+# hooks and the DTLS receive loop stay where they are). Until the new pair is nominated
+# the old one keeps carrying traffic, as RFC 8445 section 9 asks.
+
+_ICE_UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
+_ICE_PWD = re.compile(r"^a=ice-pwd:(\S+)", re.MULTILINE)
+
+
+class IceRestartError(RuntimeError):
+    """The peer connection cannot restart ICE (not negotiated or not yet connected)."""
+
+
+def _ice_connection(pc: RTCPeerConnection) -> Any:
+    dtls = dtls_transport(pc)
+    if dtls is None:
+        raise IceRestartError("the peer connection has no transport yet")
+    return dtls.transport._connection
+
+
+def ice_credentials(sdp: str) -> tuple[str, str] | None:
+    """(ufrag, pwd) of a description (bundled: the first ones apply to every m-line)."""
+    ufrag, pwd = _ICE_UFRAG.search(sdp), _ICE_PWD.search(sdp)
+    if ufrag is None or pwd is None:
+        return None
+    return ufrag.group(1).strip(), pwd.group(1).strip()
+
+
+def is_ice_restart(pc: RTCPeerConnection, remote_sdp: str) -> bool:
+    """Does this remote description carry other ICE credentials than the ones in use?"""
+    dtls = dtls_transport(pc)
+    credentials = ice_credentials(remote_sdp)
+    if dtls is None or credentials is None:
+        return False
+    current = dtls.transport._connection.remote_username
+    return current is not None and credentials[0] != current
+
+
+def begin_ice_restart(pc: RTCPeerConnection) -> None:
+    """New local ICE credentials and an empty check list; call before creating the
+    offer or answer that carries them. The old pair keeps carrying media until
+    :func:`finish_ice_restart` nominates a new one."""
+    connection = _ice_connection(pc)
+    if not connection._nominated and not getattr(connection, "sfu_previous", None):
+        raise IceRestartError("ICE never connected: negotiate afresh instead")
+    _keep_previous_pair(connection)
+    if connection._nominated:
+        connection.sfu_previous = dict(connection._nominated)
+    task = getattr(connection, "sfu_restart", None)
+    if task is not None:
+        task.cancel()  # a restart of a restart: the newest wins
+    if connection._query_consent_task is not None:
+        connection._query_consent_task.cancel()  # it would use the old password
+        connection._query_consent_task = None
+    for pair in connection._check_list:
+        if pair.task is not None:
+            pair.task.cancel()
+    connection._nominated.clear()
+    connection._nominating.clear()
+    connection._check_list = []
+    connection._check_list_done = False
+    connection._check_list_state = asyncio.Queue()
+    connection._early_checks.clear()
+    connection._early_checks_done = False  # checks arriving now wait for connect()
+    connection._remote_candidates = []
+    connection._remote_candidates_end = False
+    connection.remote_username = None
+    connection.remote_password = None
+    # RFC 8839: ufrag at least 4, pwd at least 22 characters (aioice uses the same).
+    connection._local_username = secrets.token_hex(4)
+    connection._local_password = secrets.token_hex(16)
+    dtls = dtls_transport(pc)
+    dtls.transport.iceGatherer._remote_candidates_end = False
+
+
+def finish_ice_restart(pc: RTCPeerConnection, remote_sdp: str) -> asyncio.Task[bool]:
+    """With the remote description applied (its candidates added by aiortc), run the
+    connectivity checks; the task returns True once a new pair is nominated."""
+    connection = _ice_connection(pc)
+    credentials = ice_credentials(remote_sdp)
+    if credentials is None:
+        raise IceRestartError("the remote description has no ICE credentials")
+    connection.remote_username, connection.remote_password = credentials
+
+    async def run() -> bool:
+        try:
+            await connection.connect()
+        except ConnectionError:
+            return False
+        connection.sfu_previous = {}
+        return True
+
+    task = asyncio.get_running_loop().create_task(run())
+    connection.sfu_restart = task
+    return task
+
+
+def _keep_previous_pair(connection: Any) -> None:
+    """Per-instance ``sendto``/``recvfrom`` that fall back to the pair in use before a
+    restart while no new one is nominated (aioice would raise "not connected", which
+    ends aiortc's RTP sender and DTLS receive loops for good)."""
+    if "sendto" in vars(connection):
+        return
+    connection.sfu_previous = {}
+
+    async def sendto(data: bytes, component: int) -> None:
+        pair = connection._nominated.get(component) or connection.sfu_previous.get(component)
+        if pair is None:
+            raise ConnectionError("Cannot send data, not connected")
+        await pair.protocol.send_data(data, pair.remote_addr)
+
+    async def recvfrom() -> tuple[bytes, int]:
+        if not connection._nominated and not connection.sfu_previous:
+            raise ConnectionError("Cannot receive data, not connected")
+        result: tuple[bytes, int] | None = await connection._queue.get()
+        if result is None:
+            raise ConnectionError("Connection lost while receiving data")
+        return result
+
+    connection.sendto = sendto
+    connection.recvfrom = recvfrom
+
+
+async def add_host_candidates(pc: RTCPeerConnection, addresses: Sequence[str]) -> int:
+    """Gather host candidates on new local addresses (a client whose network changed)
+    and offer only those from now on; returns how many sockets were opened."""
+    connection = _ice_connection(pc)
+    candidates = await connection.get_component_candidates(component=1, addresses=list(addresses))
+    connection._local_candidates = list(candidates)
+    return len(candidates)
+
+
+def missing_packets(receiver: RTCRtpReceiver) -> set[int]:
+    """Sequence numbers an aiortc video receiver still misses (its NACK generator's set).
+
+    aiortc NACKs a hole once, when it first sees it, and asks again only when a newer
+    hole appears; a lost retransmission then stalls its 512-packet jitter buffer for
+    seconds. Our client re-asks for these (as libwebrtc does) with :func:`send_nack`.
+    """
+    generator = getattr(receiver, "_RTCRtpReceiver__nack_generator", None)
+    return set(generator.missing) if generator is not None else set()
+
+
+async def send_nack(receiver: RTCRtpReceiver, media_ssrc: int, lost: Sequence[int]) -> None:
+    """Send a generic NACK for ``lost`` on the receiver's transport."""
+    await receiver._send_rtcp_nack(media_ssrc, list(lost))
+
+
+KeyframeStart = Callable[[str, bytes], bool]  # (lowercase codec name, RTP payload)
+
+
+def decode_from_keyframes(receiver: RTCRtpReceiver, keyframe_start: KeyframeStart) -> None:
+    """Let an aiortc video receiver give up older holes when a keyframe starts.
+
+    aiortc assembles frames strictly in sequence order, so a hole whose retransmission
+    never arrives blocks every later frame until 512 packets have passed (25 s at a low
+    simulcast layer). libwebrtc decodes from the next keyframe instead; so does this.
+    """
+    buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+    codecs: dict[int, Any] = getattr(receiver, "_RTCRtpReceiver__codecs", {})
+    if buffer is None or not buffer._is_video or getattr(buffer, "_decodes_from_keyframes", False):
+        return
+    generator = getattr(receiver, "_RTCRtpReceiver__nack_generator", None)
+    add = buffer.add
+
+    def add_skipping_stale_holes(packet: Any) -> Any:
+        origin = buffer._origin
+        if origin is not None:
+            delta = (packet.sequence_number - origin) & 0xFFFF
+            codec = codecs.get(packet.payload_type)
+            if (
+                0 < delta < buffer.capacity
+                and codec is not None
+                and keyframe_start(codec.mimeType.split("/")[1].lower(), packet.payload)
+                and any(
+                    buffer._packets[(origin + i) % buffer.capacity] is None for i in range(delta)
+                )
+            ):
+                buffer.remove(delta)
+                if generator is not None:  # nothing before the keyframe is worth asking for
+                    generator.missing -= {(origin + i) & 0xFFFF for i in range(delta)}
+        return add(packet)
+
+    buffer.add = add_skipping_stale_holes
+    buffer._decodes_from_keyframes = True

@@ -4,8 +4,9 @@ Like mediasoup's ``pipeToRouter``: worker A attaches a :class:`PipeSink` to a pr
 track has subscribers on worker B; the sink sends every forwarded packet, unchanged and
 unencrypted (loopback only), on A's :class:`PipeEndpoint` socket. B's endpoint routes it by
 SSRC to a :class:`PipedProducer` — a :class:`~sfu.producer.Producer` fed from the socket
-instead of a publisher transport — so B's subscribers consume it as any producer (keyframe
-replay, NACK cache, sender reports). RTCP flows back over the same socket pair: B's PLI
+instead of a publisher transport, with the same layers (simulcast: one SSRC each) — so B's
+subscribers consume it as any producer (keyframe replay, NACK cache, sender reports, layer
+choice). RTCP flows back over the same socket pair: B's PLI
 reaches A's producer's throttled keyframe request, B's NACKs are served from A's packet
 cache, and A sends B the publisher's clock (SR) for lip sync.
 
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sfu.codec import Codec
+from sfu.layers import Layer
 from sfu.producer import KEYFRAME_REQUEST_INTERVAL_S, Producer
 from sfu.rtcp import Nack, Pli, SenderReport, build_nack, build_pli, build_sr, parse_rtcp
 
@@ -74,17 +76,31 @@ def codec_from_wire(data: dict[str, Any]) -> Codec:
 
 
 class PipeSink:
-    """A local producer's packets to the other shard: ``forward`` is a consumer's."""
+    """A local producer's packets to the other shard: ``forward`` is a consumer's.
 
-    __slots__ = ("_send", "dropped", "packets", "producer")
+    The first packet of each layer announces the layer's SSRC (a simulcast layer's SSRC is
+    learnt from its first packet, possibly after the track was announced).
+    """
 
-    def __init__(self, producer: Producer, send: Callable[[bytes], Any]) -> None:
+    __slots__ = ("_announce", "_send", "announced", "dropped", "packets", "producer")
+
+    def __init__(
+        self,
+        producer: Producer,
+        send: Callable[[bytes], Any],
+        announce: Callable[[Producer, int], None],
+    ) -> None:
         self.producer = producer
         self._send = send
+        self._announce = announce
+        self.announced = [False] * len(producer.layers)
         self.packets = 0
         self.dropped = 0
 
-    def forward(self, packet: bytes, seq: int, ts: int, keyframe: bool) -> None:
+    def forward(self, packet: bytes, seq: int, ts: int, keyframe: bool, index: int = 0) -> None:
+        if not self.announced[index]:
+            self.announced[index] = True
+            self._announce(self.producer, index)
         try:
             self._send(packet)
         except OSError:  # socket buffer full: loopback loss, B may NACK it
@@ -120,9 +136,9 @@ class _PipeFeedback:
         self._endpoint = endpoint
         self._nack_timer: asyncio.TimerHandle | None = None
 
-    def request_keyframe(self, producer: Producer) -> None:
-        if producer.ssrc is not None:
-            self._endpoint.send_rtcp(build_pli(PIPE_SSRC, producer.ssrc))
+    def request_keyframe(self, producer: Producer, layer: Layer) -> None:
+        if layer.ssrc is not None:
+            self._endpoint.send_rtcp(build_pli(PIPE_SSRC, layer.ssrc))
 
     def retry_keyframe_request(self, producer: Producer, delay_s: float) -> None:
         def due() -> None:
@@ -144,11 +160,12 @@ class _PipeFeedback:
         self._nack_timer = None
         now = time.monotonic()
         pending = False
-        for producer in list(self._endpoint.piped.values()):
-            seqs = producer.nacks.due(now)
-            if seqs and producer.ssrc is not None:
-                self._endpoint.send_rtcp(build_nack(PIPE_SSRC, producer.ssrc, seqs))
-            pending = pending or producer.nacks.pending()
+        for producer in list(self._endpoint.producers):
+            for layer in producer.layers:
+                seqs = layer.nacks.due(now)
+                if seqs and layer.ssrc is not None:
+                    self._endpoint.send_rtcp(build_nack(PIPE_SSRC, layer.ssrc, seqs))
+                pending = pending or layer.nacks.pending()
         if pending:
             self._arm()
 
@@ -169,9 +186,11 @@ class PipeEndpoint(asyncio.DatagramProtocol):
         self.host = host
         self.port = 0
         self.peer: tuple[str, int] | None = None
-        self.piped: dict[int, PipedProducer] = {}  # by SSRC: what the other side sends us
+        self.routes: dict[int, tuple[PipedProducer, Layer]] = {}  # by SSRC: what comes in
+        self.producers: set[PipedProducer] = set()  # the other side's tracks here
         self.sinks: dict[str, PipeSink] = {}  # by track id: what we send
-        self._local_by_ssrc: dict[int, Producer] = {}  # our piped-out producers (RTCP in)
+        self._local_by_ssrc: dict[int, tuple[Producer, int]] = {}  # our layers (RTCP in)
+        self.on_layer: Callable[[Producer, int], None] | None = None  # SSRC to announce
         self.feedback = _PipeFeedback(self)
         self.closed = False
         self.rtp_in = 0
@@ -183,7 +202,7 @@ class PipeEndpoint(asyncio.DatagramProtocol):
         self._sock: socket.socket | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
-        self._keyframe_retries: set[str] = set()
+        self._keyframe_retries: set[tuple[str, int]] = set()
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -214,9 +233,10 @@ class PipeEndpoint(asyncio.DatagramProtocol):
         self.closed = True
         for sink in list(self.sinks.values()):
             self.stop_sending(sink.producer)
-        for producer in list(self.piped.values()):
+        for producer in list(self.producers):
             producer.close()
-        self.piped.clear()
+        self.producers.clear()
+        self.routes.clear()
         self.feedback.cancel()
         if self._task is not None:
             self._task.cancel()
@@ -232,19 +252,31 @@ class PipeEndpoint(asyncio.DatagramProtocol):
         sink = self.sinks.get(producer.id)
         if sink is not None:
             return sink
-        sink = PipeSink(producer, self._sock.send)
+        sink = PipeSink(producer, self._sock.send, self._announce)
         self.sinks[producer.id] = sink
-        if producer.ssrc is not None:
-            self._local_by_ssrc[producer.ssrc] = producer
+        for layer in producer.layers:
+            if layer.ssrc is not None:
+                self._local_by_ssrc[layer.ssrc] = (producer, layer.index)
         producer.pipes.append(sink)
         return sink
+
+    def _announce(self, producer: Producer, index: int) -> None:
+        """A layer's first piped packet: its SSRC routes RTCP here, and the other side
+        learns it (a simulcast layer's SSRC may be new since the track was announced)."""
+        ssrc = producer.layers[index].ssrc
+        if ssrc is None:
+            return
+        self._local_by_ssrc[ssrc] = (producer, index)
+        if self.on_layer is not None:
+            self.on_layer(producer, index)
 
     def stop_sending(self, producer: Producer) -> None:
         sink = self.sinks.pop(producer.id, None)
         if sink is None:
             return
-        if producer.ssrc is not None:
-            self._local_by_ssrc.pop(producer.ssrc, None)
+        for layer in producer.layers:
+            if layer.ssrc is not None:
+                self._local_by_ssrc.pop(layer.ssrc, None)
         if sink in producer.pipes:
             producer.pipes.remove(sink)
 
@@ -256,16 +288,26 @@ class PipeEndpoint(asyncio.DatagramProtocol):
 
     # --- what comes in ----------------------------------------------------------------
 
-    def add_piped(self, producer: PipedProducer) -> bool:
-        """Route the other shard's SSRC to ``producer``; False if the SSRC is taken."""
-        if producer.ssrc is None or producer.ssrc in self.piped:
+    def learn_layer(self, producer: PipedProducer, index: int, ssrc: int) -> bool:
+        """Route ``ssrc`` to layer ``index`` of ``producer``; False if taken or invalid."""
+        if producer not in self.producers or not 0 <= index < len(producer.layers):
             return False
-        self.piped[producer.ssrc] = producer
+        layer = producer.layers[index]
+        if self.routes.get(ssrc) == (producer, layer):
+            return True
+        if ssrc in self.routes:
+            return False
+        if layer.ssrc is not None and self.routes.get(layer.ssrc) == (producer, layer):
+            del self.routes[layer.ssrc]
+        layer.ssrc = ssrc
+        self.routes[ssrc] = (producer, layer)
         return True
 
     def remove_piped(self, producer: PipedProducer) -> None:
-        if producer.ssrc is not None and self.piped.get(producer.ssrc) is producer:
-            del self.piped[producer.ssrc]
+        self.producers.discard(producer)
+        for layer in producer.layers:
+            if layer.ssrc is not None and self.routes.get(layer.ssrc) == (producer, layer):
+                del self.routes[layer.ssrc]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if len(data) < 12 or data[0] & 0xC0 != 0x80:
@@ -275,12 +317,12 @@ class PipeEndpoint(asyncio.DatagramProtocol):
             self.rtcp_in += 1
             self._on_rtcp(data)
             return
-        producer = self.piped.get(_SSRC.unpack_from(data, 8)[0])
-        if producer is None:
+        route = self.routes.get(_SSRC.unpack_from(data, 8)[0])
+        if route is None:
             self.dropped_unknown += 1
             return
         self.rtp_in += 1
-        producer.on_rtp(data, time.monotonic())
+        route[0].on_rtp(data, time.monotonic(), route[1])
 
     def error_received(self, exc: Exception) -> None:
         pass  # ICMP port unreachable while the other shard restarts: nothing to do
@@ -292,43 +334,45 @@ class PipeEndpoint(asyncio.DatagramProtocol):
                 local = self._local_by_ssrc.get(message.media_ssrc)
                 if local is not None:
                     self.keyframe_requests_in += 1
-                    if not local.request_keyframe(now):
-                        self._retry_keyframe(local, now)
+                    if not local[0].request_keyframe(now, local[1]):
+                        self._retry_keyframe(local[0], local[1], now)
             elif isinstance(message, Nack):
                 self._resend(message)
             elif isinstance(message, SenderReport):
-                piped = self.piped.get(message.ssrc)
-                if piped is not None:
-                    piped.on_sender_report(message.ntp, message.rtp_ts, now)
+                route = self.routes.get(message.ssrc)
+                if route is not None:
+                    route[0].on_sender_report(message.ntp, message.rtp_ts, now, route[1])
 
-    def _retry_keyframe(self, producer: Producer, asked_at: float) -> None:
-        """A PLI inside the producer's 500 ms window: ask again when it ends, unless a
+    def _retry_keyframe(self, producer: Producer, index: int, asked_at: float) -> None:
+        """A PLI inside the layer's 500 ms window: ask again when it ends, unless a
         keyframe went through the pipe meanwhile (throttled as the producer's own)."""
-        if producer.id in self._keyframe_retries:
+        key = (producer.id, index)
+        if key in self._keyframe_retries:
             return
-        wait = max(
-            0.0, KEYFRAME_REQUEST_INTERVAL_S - (asked_at - producer.last_keyframe_request_at)
-        )
+        layer = producer.layers[index]
+        since = asked_at - layer.last_keyframe_request_at
+        wait = max(0.0, KEYFRAME_REQUEST_INTERVAL_S - since)
 
         def due() -> None:
-            self._keyframe_retries.discard(producer.id)
+            self._keyframe_retries.discard(key)
             live = not self.closed and producer.id in self.sinks and not producer.closed
-            if live and producer.last_keyframe_at < asked_at:
-                producer.request_keyframe(time.monotonic())
+            if live and layer.last_keyframe_at < asked_at:
+                producer.request_keyframe(time.monotonic(), index)
 
-        self._keyframe_retries.add(producer.id)
+        self._keyframe_retries.add(key)
         asyncio.get_running_loop().call_later(wait + 0.001, due)
 
     def _resend(self, nack: Nack) -> None:
         local = self._local_by_ssrc.get(nack.media_ssrc)
-        sink = self.sinks.get(local.id) if local is not None else None
+        sink = self.sinks.get(local[0].id) if local is not None else None
         if local is None or sink is None:
             return
         self.nacked_in += len(nack.seqs)
+        cache = local[0].layers[local[1]].cache
         for seq in nack.seqs:
-            packet = local.cache.get(seq & 0xFFFF)
+            packet = cache.get(seq & 0xFFFF)
             if packet is not None:
-                sink.forward(packet, seq, 0, False)
+                sink.forward(packet, seq, 0, False, local[1])
                 self.resent += 1
 
     # --- timers -----------------------------------------------------------------------
@@ -341,15 +385,18 @@ class PipeEndpoint(asyncio.DatagramProtocol):
     def tick(self, now: float) -> None:
         """Send the publisher's clock of what we pipe; re-ask overdue keyframes."""
         for sink in list(self.sinks.values()):
-            producer = sink.producer
-            clock = producer.sender_clock
-            if clock is None or producer.ssrc is None:
-                continue
-            elapsed = now - clock.received_at
-            ntp = (clock.ntp + int(elapsed * (1 << 32))) & 0xFFFFFFFFFFFFFFFF
-            rtp_ts = (clock.rtp_ts + int(elapsed * producer.codec.clock_rate)) & 0xFFFFFFFF
-            self.send_rtcp(build_sr(producer.ssrc, ntp, rtp_ts, sink.packets & 0xFFFFFFFF, 0))
-        for piped in list(self.piped.values()):
+            rate = sink.producer.codec.clock_rate
+            for layer in sink.producer.layers:
+                clock = layer.sender_clock
+                if clock is None or layer.ssrc is None:
+                    continue
+                elapsed = now - clock.received_at
+                ntp = (clock.ntp + int(elapsed * (1 << 32))) & 0xFFFFFFFFFFFFFFFF
+                rtp_ts = (clock.rtp_ts + int(elapsed * rate)) & 0xFFFFFFFF
+                self.send_rtcp(build_sr(layer.ssrc, ntp, rtp_ts, sink.packets & 0xFFFFFFFF, 0))
+        for piped in list(self.producers):
+            for layer in piped.layers:
+                layer.measure(now)  # the bitrate figures B's layer choice reads
             piped.keyframe_overdue(now)
 
     def make_piped(
@@ -360,13 +407,16 @@ class PipeEndpoint(asyncio.DatagramProtocol):
         kind: str,
         mid: str,
         codec: Codec,
-        ssrc: int,
+        ssrcs: list[int | None],
         audio_level_id: int,
         muted: bool,
         on_demand: Callable[[PipedProducer, bool], None],
+        rids: list[str] | None = None,
+        source: str | None = None,
+        favour_resolution: bool = False,
     ) -> PipedProducer | None:
-        """A producer for the other shard's track, routed here by its SSRC."""
-        now = time.monotonic()
+        """A producer for the other shard's track, its layers routed here by their SSRCs
+        (``ssrcs`` lowest layer first; None: announced later); None if an SSRC is taken."""
         producer = PipedProducer(
             on_demand=on_demand,
             track_id=track_id,
@@ -374,14 +424,23 @@ class PipeEndpoint(asyncio.DatagramProtocol):
             kind=kind,
             mid=mid,
             codec=codec,
-            ssrc=ssrc,
+            ssrc=None,
             rtx_ssrc=None,
             extension_map=IDENTITY_EXTENSIONS,
             feedback=self.feedback,
-            now=now,
+            now=time.monotonic(),
             audio_level_id=audio_level_id,
+            rids=rids or (),
+            source=source,
+            favour_resolution=favour_resolution,
         )
         producer.muted = muted
-        if not self.add_piped(producer):
+        if len(ssrcs) != len(producer.layers) or any(
+            s is not None and s in self.routes for s in ssrcs
+        ):
             return None
+        self.producers.add(producer)
+        for index, ssrc in enumerate(ssrcs):
+            if ssrc is not None:
+                self.learn_layer(producer, index, ssrc)
         return producer

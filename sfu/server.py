@@ -110,6 +110,8 @@ class Server:
             for participant in room.participants.values():
                 participant.send({"type": "server.draining", "deadline": remaining})
                 participants += 1
+                if participant.connection is None:
+                    participant.give_up.set()  # no socket to resume here: leave now
         log.info("draining", deadline_s=remaining, participants=participants)
 
     def drain_remaining(self) -> float:

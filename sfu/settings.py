@@ -46,6 +46,7 @@ workers                  SFU_WORKERS             --workers             1 (N, or 
 ice_port_range           SFU_ICE_PORT_RANGE      --ice-port-range      none (any free UDP port)
 room_span_subscribers    SFU_ROOM_SPAN_SUBSCRIBERS --room-span-subscribers 0 (never span workers)
 room_span_cpu            SFU_ROOM_SPAN_CPU       --room-span-cpu       0 (no CPU limit)
+resume_window_s          SFU_RESUME_WINDOW       --resume-window       30 (0: no resumption)
 max_message_bytes        -                       -                     65536
 subscriber_queue_bytes   -                       -                     262144 (256 KiB)
 =======================  ======================  ====================  ==========================
@@ -98,6 +99,7 @@ _HOSTNAME_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_TURN_TTL_S = 7 * 86400.0
 _MAX_DRAIN_DEADLINE_S = 86400.0
+_MAX_RESUME_WINDOW_S = 3600.0
 _MIN_WEBHOOK_KEY_LEN = 32
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -521,6 +523,9 @@ _check_retry_max = _check_seconds(minimum=0.0, maximum=86400.0, inclusive_min=Fa
 _check_drain_deadline = _check_seconds(
     minimum=0.0, maximum=_MAX_DRAIN_DEADLINE_S, inclusive_min=True
 )
+_check_resume_window = _check_seconds(
+    minimum=0.0, maximum=_MAX_RESUME_WINDOW_S, inclusive_min=True
+)
 
 OPTIONS: tuple[Option, ...] = (
     Option("host", "SFU_HOST", "--host", "ADDR",
@@ -620,6 +625,9 @@ OPTIONS: tuple[Option, ...] = (
            "with --workers > 1: a room whose home worker uses more than PERCENT of a core "
            "spills new joins to another worker too (default 0: no CPU limit)",
            _parse_float, _check_span_cpu),
+    Option("resume_window_s", "SFU_RESUME_WINDOW", "--resume-window", "SECONDS",
+           "a participant whose signalling connection drops is kept this long for a "
+           "'join' with 'resume' (default 30; 0 disables)", _parse_float, _check_resume_window),
     Option("max_message_bytes", None, None, "BYTES",
            "largest signalling message accepted", None, _check_positive_int),
     Option("subscriber_queue_bytes", None, None, "BYTES",
@@ -675,6 +683,7 @@ class Settings:
     ice_port_range: tuple[int, int] | None = None
     room_span_subscribers: int = 0
     room_span_cpu: float = 0.0
+    resume_window_s: float = 30.0
     max_message_bytes: int = 65536
     subscriber_queue_bytes: int = 256 * 1024
 
@@ -777,6 +786,7 @@ class Settings:
             "ice_port_range": list(self.ice_port_range) if self.ice_port_range else None,
             "room_span_subscribers": self.room_span_subscribers,
             "room_span_cpu": self.room_span_cpu,
+            "resume_window_s": self.resume_window_s,
             "max_message_bytes": self.max_message_bytes,
             "subscriber_queue_bytes": self.subscriber_queue_bytes,
         }

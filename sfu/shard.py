@@ -60,7 +60,9 @@ def track_info(producer: Producer) -> dict[str, Any]:
     return {
         **producer.describe(),
         "mid": producer.mid,
-        "ssrc": producer.ssrc,
+        "ssrcs": [layer.ssrc for layer in producer.layers],  # lowest layer first
+        "rids": [layer.rid for layer in reversed(producer.layers) if layer.rid is not None],
+        "favour_resolution": producer.favour_resolution,
         "audio_level_id": producer.audio_level_id,
         "codec": codec_to_wire(producer.codec),
     }
@@ -87,6 +89,7 @@ class ShardLink:
         self.piped: dict[str, PipedProducer] = {}  # the other shard's tracks, by track id
         self.closed = False
         self._empty_timer: asyncio.TimerHandle | None = None
+        endpoint.on_layer = self._layer_known
 
     # --- ShardHooks: what happened on this worker ---------------------------------------
 
@@ -183,6 +186,8 @@ class ShardLink:
             if not isinstance(speakers, list) or not all(isinstance(s, str) for s in speakers):
                 raise ShardProtocolError("'speakers' must be a list of ids")
             self.room.broadcast({"type": "speaker.changed", "speakers": speakers[:MAX_REMOTE]})
+        elif op == "track.layer":
+            self._on_layer(message)
         elif op == "demand":
             on = message.get("on")
             if not isinstance(on, bool):
@@ -209,11 +214,23 @@ class ShardLink:
             return
         assert isinstance(data, dict)
         kind = _text(data, "kind", 16)
-        ssrc, level_id = data.get("ssrc"), data.get("audio_level_id", 0)
-        if kind not in ("audio", "video") or not isinstance(ssrc, int) or not 0 <= ssrc < 2**32:
-            raise ShardProtocolError("a track needs kind audio/video and a 32-bit ssrc")
+        ssrcs, rids = data.get("ssrcs"), data.get("rids") or []
+        level_id = data.get("audio_level_id", 0)
+        if (
+            kind not in ("audio", "video")
+            or not isinstance(ssrcs, list)
+            or not 1 <= len(ssrcs) <= 3
+        ):
+            raise ShardProtocolError("a track needs kind audio/video and 1..3 layer ssrcs")
+        if not all(s is None or (isinstance(s, int) and 0 <= s < 2**32) for s in ssrcs):
+            raise ShardProtocolError("a layer ssrc must be a 32-bit number or null")
+        if not isinstance(rids, list) or not all(isinstance(r, str) and len(r) <= 16 for r in rids):
+            raise ShardProtocolError("'rids' must be a list of short strings")
+        if len(ssrcs) != (len(rids) if len(rids) > 1 else 1):
+            raise ShardProtocolError("one ssrc per layer")
         if not isinstance(level_id, int) or not 0 <= level_id < 256:
             raise ShardProtocolError("'audio_level_id' must be in 0..255")
+        source = data.get("source")
         try:
             codec = codec_from_wire(data["codec"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -224,16 +241,32 @@ class ShardLink:
             kind=kind,
             mid=_text(data, "mid", 32),
             codec=codec,
-            ssrc=ssrc,
+            ssrcs=ssrcs,
             audio_level_id=level_id,
             muted=data.get("muted") is True,
             on_demand=self._demand_changed,
+            rids=rids,
+            source=source if isinstance(source, str) and len(source) <= 16 else None,
+            favour_resolution=data.get("favour_resolution") is True,
         )
         if producer is None:
-            log.warning("shard_track_ssrc_taken", room=self.room.id, track=track_id, ssrc=ssrc)
+            log.warning("shard_track_ssrc_taken", room=self.room.id, track=track_id, ssrcs=ssrcs)
             return
         self.piped[track_id] = producer
         self.room.producer_added(producer)
+
+    def _on_layer(self, message: dict[str, Any]) -> None:
+        producer = self.piped.get(_text(message, "track", 64))
+        index, ssrc = message.get("index"), message.get("ssrc")
+        if not isinstance(index, int) or not isinstance(ssrc, int) or not 0 <= ssrc < 2**32:
+            raise ShardProtocolError("'track.layer' needs an index and a 32-bit ssrc")
+        if producer is not None and not self.endpoint.learn_layer(producer, index, ssrc):
+            log.warning("shard_track_ssrc_taken", room=self.room.id, track=producer.id, ssrc=ssrc)
+
+    def _layer_known(self, producer: Producer, index: int) -> None:
+        """Our sink's first packet of a layer: the other side routes its SSRC from now on."""
+        ssrc = producer.layers[index].ssrc
+        self.send({"op": "track.layer", "track": producer.id, "index": index, "ssrc": ssrc})
 
     def _on_unpublished(self, track_id: str) -> None:
         producer = self.piped.get(track_id)

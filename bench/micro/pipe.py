@@ -33,6 +33,7 @@ from typing import Any
 
 from sfu.codec import Codec
 from sfu.consumer import Consumer, ConsumerState
+from sfu.layers import Layer
 from sfu.pipe import PipeEndpoint
 from sfu.producer import Producer
 
@@ -46,7 +47,7 @@ _STAMP = struct.Struct("!q")
 
 
 class _NoFeedback:
-    def request_keyframe(self, producer: Producer) -> None:
+    def request_keyframe(self, producer: Producer, layer: Layer) -> None:
         pass
 
     def nack_pending(self, producer: Producer) -> None:
@@ -96,7 +97,7 @@ async def _spill_main(conn: Connection) -> None:
     conn.send(await endpoint.open())
     endpoint.connect(conn.recv())
     producer = endpoint.make_piped(
-        track_id="t", participant_id="p", kind="video", mid="0", codec=VP8, ssrc=SSRC,
+        track_id="t", participant_id="p", kind="video", mid="0", codec=VP8, ssrcs=[SSRC],
         audio_level_id=0, muted=False, on_demand=lambda _p, _on: None,
     )  # fmt: skip
     assert producer is not None

@@ -21,7 +21,9 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from sfu import aiortc_bridge as bridge
+from sfu.keyframes import is_keyframe_start
 from signaling.client.impair import Impairment, LinkModel
+from signaling.client.renack import renack_forever
 from signaling.client.sdp import (
     answer_offer,
     create_offer,
@@ -40,6 +42,8 @@ from signaling.client.signal import (
 )
 
 logger = logging.getLogger(__name__)
+
+RECONNECTING = 4000  # our close code for a socket given up for a new one (not a leave)
 
 
 class Participant:
@@ -62,6 +66,7 @@ class Participant:
         timeout: float = DEFAULT_TIMEOUT,
         impair_send: Impairment | None = None,
         impair_receive: Impairment | None = None,
+        renack: bool = True,
     ) -> None:
         self.signal = signal
         self.publish_pc: RTCPeerConnection | None = None
@@ -75,11 +80,15 @@ class Participant:
         self.remote_tracks: dict[str, MediaStreamTrack] = {}
         self.errors: list[BaseException] = []
         self.subscribe_negotiations = 0
+        self.token: str | None = None  # the access token of the last join (for resume)
+        # ICE restarts in progress or done: each task returns True once a new pair works.
+        self.ice_restarts: list[asyncio.Task[bool]] = []
         self._on_track = on_track
         self._drain = drain
         self._timeout = timeout
         self._use_server_ice = use_server_ice_servers
         self._senders: dict[str, RTCRtpTransceiver] = {}
+        self._sources: dict[RTCRtpTransceiver, str] = {}
         self._publish_lock = asyncio.Lock()
         self._publish_candidates: list[Message] = []
         self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
@@ -87,6 +96,7 @@ class Participant:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._impair = (impair_send, impair_receive)
+        self._renack = renack
         self.link_models: dict[str, LinkModel] = {}
         """``publish.send``, ``subscribe.receive``, ...: the impairment applied, with counts."""
         signal.add_listener(self._on_message)
@@ -107,6 +117,7 @@ class Participant:
         timeout: float = DEFAULT_TIMEOUT,
         impair_send: Impairment | None = None,
         impair_receive: Impairment | None = None,
+        renack: bool = True,
     ) -> Participant:
         """Connect to ``url``, ``join`` with ``token`` (following ``redirect``s) and
         publish ``publish_tracks`` if any.
@@ -118,7 +129,9 @@ class Participant:
         ``video_codec`` (e.g. ``"video/H264"``) is offered first for video tracks.
         ``impair_send`` / ``impair_receive`` impair what this participant's peer
         connections send / receive, below SRTP (``signaling.client.impair``), from
-        their first negotiation on.
+        their first negotiation on. ``renack`` asks again for video packets still
+        missing every 100 ms, up to 10 times, as browsers do (``signaling.client.renack``);
+        load generators with their own NACK logic turn it off.
         """
         for _ in range(max_redirects + 1):
             signal = await SignalClient.connect(url, timeout=timeout)
@@ -130,7 +143,9 @@ class Participant:
                 timeout=timeout,
                 impair_send=impair_send,
                 impair_receive=impair_receive,
+                renack=renack,
             )
+            participant.token = token
             try:
                 reply = await signal.request({"type": "join", "token": token}, timeout)
                 if reply["type"] == "redirect":
@@ -165,6 +180,74 @@ class Participant:
         """The room id (from ``joined.room.id``)."""
         return str(self.joined["room"]["id"])
 
+    @property
+    def resume_secret(self) -> str | None:
+        """``joined.resume``: lets a new connection take this participant over."""
+        secret = self.joined.get("resume")
+        return secret if isinstance(secret, str) else None
+
+    # reconnecting
+
+    async def resume(
+        self, url: str | None = None, token: str | None = None, timeout: float | None = None
+    ) -> bool:
+        """Open a new signalling connection and ``join`` with ``resume``.
+
+        True: the server kept this participant (same id, tracks, subscriptions, peer
+        connections). False: it did not (window expired): this is now a fresh
+        participant with a new id, and the caller must publish again on new peer
+        connections. The old connection is closed either way.
+        """
+        token = token or self.token
+        if token is None:
+            raise ValueError("resume needs the access token used to join")
+        old = self.signal
+        signal = await SignalClient.connect(url or old.url, timeout=self._t(timeout))
+        signal.add_listener(self._on_message)
+        self.signal = signal
+        message: dict[str, Any] = {"type": "join", "token": token}
+        if self.resume_secret is not None:
+            message["resume"] = self.resume_secret
+        try:
+            reply = await signal.request(message, self._t(timeout))
+        finally:
+            # Never close the old socket with 1000 first: that means "I left". A resumed
+            # server closes it itself (4409); give that a moment to arrive.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await old.wait_closed(1.0)
+            await old.close(code=RECONNECTING, timeout=1.0)
+        if reply.get("type") != "joined":
+            raise ProtocolError(f"expected joined, got {reply.get('type')}")
+        self.token = token
+        return bool(reply.get("resumed"))
+
+    async def restart_ice(
+        self, timeout: float | None = None, *, host_addresses: Sequence[str] = ()
+    ) -> None:
+        """Restart ICE on both peer connections, keeping DTLS, SRTP and every track.
+
+        The publish PC offers new credentials (``publish``); the server then re-offers
+        the subscribe PC with new ones too (or, with no publish PC, is asked to with
+        ``ice.restart``). ``host_addresses``: gather new host candidates there first,
+        as a client that moved to another network would. Returns once both new offers
+        and answers are applied; :attr:`ice_restarts` tell when connectivity is back.
+        """
+        for pc in (self.publish_pc, self.subscribe_pc):
+            if pc is not None and host_addresses:
+                await bridge.add_host_candidates(pc, host_addresses)
+        answered = self.subscribe_negotiations
+        if self.publish_pc is not None:
+            async with self._publish_lock:
+                await self._negotiate_publish(timeout, ice_restart=True)
+        elif self.subscribe_pc is not None:
+            await self.signal.request({"type": "ice.restart", "pc": "subscribe"}, self._t(timeout))
+        if self.subscribe_pc is not None:
+            async with self._changed:
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: self.subscribe_negotiations > answered),
+                    self._t(timeout),
+                )
+
     # publishing
 
     async def publish(
@@ -173,14 +256,19 @@ class Participant:
         timeout: float | None = None,
         *,
         video_codec: str | None = None,
+        sources: Sequence[str | None] = (),
     ) -> list[str]:
         """Add ``tracks`` (sendonly) to the publish PC and renegotiate (``publish``).
 
+        ``sources`` marks each track ("camera", "microphone", "screen"; None: by kind).
         Returns the SFU track ids of ``tracks``, in order (see :attr:`published`).
         """
         async with self._publish_lock:
             pc = self._ensure_publish_pc()
             added = [pc.addTransceiver(track, direction="sendonly") for track in tracks]
+            for transceiver, source in zip(added, sources, strict=False):
+                if source is not None:
+                    self._sources[transceiver] = source
             if video_codec is not None:
                 for transceiver in added:
                     if transceiver.kind == "video":
@@ -202,15 +290,25 @@ class Participant:
             await _deactivate([transceiver])
             await self._negotiate_publish(timeout)
 
-    async def _negotiate_publish(self, timeout: float | None) -> list[Message]:
+    async def _negotiate_publish(
+        self, timeout: float | None, *, ice_restart: bool = False
+    ) -> list[Message]:
         pc = self.publish_pc
         assert pc is not None
+        if ice_restart:
+            bridge.begin_ice_restart(pc)  # the offer carries new ICE credentials
         offer = await create_offer(pc)
         self._impair_pc(pc, "publish")
-        reply = await self.signal.request({"type": "publish", "sdp": offer}, self._t(timeout))
+        message: dict[str, Any] = {"type": "publish", "sdp": offer}
+        marked = {t.mid: source for t, source in self._sources.items() if t.mid is not None}
+        if marked:
+            message["sources"] = marked
+        reply = await self.signal.request(message, self._t(timeout))
         if reply.get("type") != "published" or not isinstance(reply.get("sdp"), str):
             raise ProtocolError(f"expected published with sdp, got {reply.get('type')}")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+        if ice_restart:
+            self.ice_restarts.append(bridge.finish_ice_restart(pc, reply["sdp"]))
         pending, self._publish_candidates = self._publish_candidates, []
         for candidate in pending:
             await pc.addIceCandidate(ice_candidate(candidate))
@@ -419,9 +517,18 @@ class Participant:
         """Apply a server offer on the subscribe PC (created on the first one) and answer."""
         if self.subscribe_pc is None:
             self.subscribe_pc = RTCPeerConnection(self._configuration())
+            if self._renack:
+                self._spawn(renack_forever(self.subscribe_pc), "subscribe-renack")
+        restart = bridge.is_ice_restart(self.subscribe_pc, sdp)
+        if restart:
+            bridge.begin_ice_restart(self.subscribe_pc)  # before its candidates are added
         answer = await answer_offer(self.subscribe_pc, sdp)
+        for transceiver in self.subscribe_pc.getTransceivers():
+            bridge.decode_from_keyframes(transceiver.receiver, is_keyframe_start)
         self._impair_pc(self.subscribe_pc, "subscribe")
         await self.signal.send({"type": "answer", "sdp": answer})
+        if restart:
+            self.ice_restarts.append(bridge.finish_ice_restart(self.subscribe_pc, sdp))
         self.subscribe_negotiations += 1
         await self._reconcile_remote_tracks(received_tracks(self.subscribe_pc, offered_tracks(sdp)))
 

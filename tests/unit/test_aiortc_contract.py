@@ -78,6 +78,12 @@ async def test_check_contract_passes_on_pinned_versions() -> None:
             id="receiver-disconnect",
         ),
         pytest.param(
+            aiortc.rtcrtpreceiver.RTCRtpReceiver,
+            "_send_rtcp_nack",
+            "RTCRtpReceiver._send_rtcp_nack is missing",
+            id="receiver-send-nack",
+        ),
+        pytest.param(
             aiortc.rtcdtlstransport.RTCDtlsTransport,
             "_send_rtp",
             "RTCDtlsTransport._send_rtp is missing",
@@ -114,6 +120,12 @@ async def test_check_contract_passes_on_pinned_versions() -> None:
             id="get-decoder",
         ),
         pytest.param(pylibsrtp.Session, "protect", "Session.protect is missing", id="srtp-protect"),
+        pytest.param(
+            aioice.ice.Connection, "sendto", "Connection.sendto is missing", id="ice-sendto"
+        ),
+        pytest.param(
+            aioice.ice.Connection, "connect", "Connection.connect is missing", id="ice-connect"
+        ),
     ],
 )
 async def test_check_contract_names_a_missing_attribute(
@@ -389,3 +401,18 @@ def test_protect_refuses_oversize_and_short_packets() -> None:
     assert tx.protect_rewritten(_rtp(1, payload=b"x" * 1600), 96, 1, 1, 1) is None
     assert tx.protect_rtcp(b"\x80\xc9\x00\x01" + b"\x00" * 1600) is None
     assert tx.protect(_rtp(1, payload=b"x" * 1400)) is not None  # a normal full packet
+
+
+async def test_check_contract_names_missing_ice_restart_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An in-place ICE restart resets aioice's check list; losing it must fail loudly."""
+    original: Callable[..., None] = aioice.ice.Connection.__init__
+
+    def init_without_nominating(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        del self._nominating
+
+    monkeypatch.setattr(aioice.ice.Connection, "__init__", init_without_nominating)
+    with pytest.raises(ContractError, match=r"Connection\._nominating is missing"):
+        await check_contract()

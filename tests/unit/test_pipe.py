@@ -15,6 +15,7 @@ import pytest
 
 from sfu.codec import Codec
 from sfu.consumer import Consumer, ConsumerState
+from sfu.layers import Layer
 from sfu.pipe import PipedProducer, PipeEndpoint, codec_from_wire, codec_to_wire
 from sfu.producer import Producer
 from sfu.transport import MediaTransport
@@ -33,10 +34,12 @@ def rtp(seq: int, ts: int, payload: bytes, *, marker: bool = True) -> bytes:
 class Feedback:
     def __init__(self) -> None:
         self.keyframe_requests = 0
+        self.layers: list[int] = []
         self.retries: list[float] = []
 
-    def request_keyframe(self, producer: Producer) -> None:
+    def request_keyframe(self, producer: Producer, layer: Layer) -> None:
         self.keyframe_requests += 1
+        self.layers.append(layer.index)
 
     def nack_pending(self, producer: Producer) -> None:
         pass
@@ -94,7 +97,7 @@ def piped(b: PipeEndpoint, demand: list[bool]) -> PipedProducer:
         kind="video",
         mid="0",
         codec=codec_from_wire(codec_to_wire(VP8)),
-        ssrc=SSRC,
+        ssrcs=[SSRC],
         audio_level_id=0,
         muted=False,
         on_demand=lambda _p, on: demand.append(on),
@@ -159,7 +162,7 @@ async def test_keyframe_request_crosses_and_is_throttled(
     # A second subscriber inside the 500 ms window: no second PLI upstream at once ...
     second = consumer_of(remote, Transport())
     remote.add_consumer(second)
-    remote.last_keyframe_request_at = -1e9  # B's own throttle aside: A's must hold
+    remote.layers[0].last_keyframe_request_at = -1e9  # B's own throttle aside: A's must hold
     second.start(100, None, time.monotonic())
     await until(lambda: a.keyframe_requests_in == 2)
     assert feedback.keyframe_requests == 1
@@ -236,7 +239,7 @@ async def test_ssrc_taken_is_refused_and_close_ends_everything(
             kind="video",
             mid="1",
             codec=VP8,
-            ssrc=SSRC,
+            ssrcs=[SSRC],
             audio_level_id=0,
             muted=False,
             on_demand=lambda _p, _on: None,
@@ -249,3 +252,57 @@ async def test_ssrc_taken_is_refused_and_close_ends_everything(
     a.close()
     b.close()
     assert producer.pipes == [] and remote.closed
+
+
+async def test_simulcast_layers_cross_on_their_own_ssrcs(
+    pair: tuple[PipeEndpoint, PipeEndpoint],
+) -> None:
+    a, b = pair
+    feedback = Feedback()
+    producer = Producer(
+        track_id="TRs",
+        participant_id="PAa",
+        kind="video",
+        mid="0",
+        codec=VP8,
+        ssrc=None,
+        rtx_ssrc=None,
+        extension_map=list(range(256)),
+        feedback=feedback,
+        now=time.monotonic(),
+        rids=["h", "m", "l"],
+    )
+    remote = b.make_piped(
+        track_id="TRs",
+        participant_id="PAa",
+        kind="video",
+        mid="0",
+        codec=VP8,
+        ssrcs=[None, None, None],  # learnt from the first packets, after the track was announced
+        audio_level_id=0,
+        muted=False,
+        on_demand=lambda _p, _on: None,
+        rids=["h", "m", "l"],
+    )
+    assert remote is not None and [layer.rid for layer in remote.layers] == ["l", "m", "h"]
+    announced: list[int] = []
+
+    def learn(local: Producer, index: int) -> None:  # what the shard link carries
+        announced.append(index)
+        ssrc = local.layers[index].ssrc
+        assert ssrc is not None and b.learn_layer(remote, index, ssrc)
+
+    a.on_layer = learn
+    a.start_sending(producer)
+    for index, layer in enumerate(producer.layers):
+        layer.ssrc = 0x1000 + index  # the ingress learns each rid's SSRC
+        header = _HEADER.pack(0x80, 0x80 | 96, 10, 9000, layer.ssrc)
+        for _ in range(index + 1):
+            producer.on_rtp(header + KEY, time.monotonic(), layer)
+    await until(lambda: b.rtp_in == 6)
+    assert announced == [0, 1, 2]  # once per layer
+    assert [layer.stats.packets_received for layer in remote.layers] == [1, 2, 3]
+    # A PLI for the top layer reaches the top layer upstream.
+    remote.request_keyframe(time.monotonic(), 2)
+    await until(lambda: a.keyframe_requests_in == 1)
+    assert feedback.layers == [2]

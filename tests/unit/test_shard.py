@@ -13,6 +13,7 @@ import pytest
 
 from sfu import shard as shard_module
 from sfu.codec import Codec
+from sfu.layers import Layer
 from sfu.participant import Participant
 from sfu.pipe import PipedProducer, PipeEndpoint
 from sfu.producer import Producer
@@ -63,7 +64,7 @@ class Person:
 
 
 class Feedback:
-    def request_keyframe(self, producer: Producer) -> None:
+    def request_keyframe(self, producer: Producer, layer: Layer) -> None:
         pass
 
     def nack_pending(self, producer: Producer) -> None:
