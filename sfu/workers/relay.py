@@ -24,6 +24,7 @@ WORKER_LOST = {
     "message": "the worker process hosting this room stopped; join again",
 }
 WORKER_LOST_CLOSE = 1011
+DROPPED = 4000  # the client's connection ended without a close frame: resumable, not a leave
 CONNECT_TIMEOUT_S = 10.0
 
 
@@ -54,9 +55,10 @@ async def relay(
             await _upstream(client, upstream)
         finally:
             if not down.done():
-                # The client left first: closing upstream ends the worker's session.
+                # The client left first: closing upstream ends the worker's session. A
+                # client that vanished without a close frame is kept there for a resume.
                 with contextlib.suppress(Exception):
-                    await upstream.close(code=_code(client.close_code))
+                    await upstream.close(code=_upstream_code(client.close_code))
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(down, 10.0)
             down.cancel()
@@ -113,6 +115,11 @@ async def _worker_lost(client: web.WebSocketResponse) -> None:
     with contextlib.suppress(ConnectionError):
         await client.send_str(json.dumps(WORKER_LOST))
     await client.close(code=WORKER_LOST_CLOSE, message=b"worker stopped: join again")
+
+
+def _upstream_code(code: int | None) -> int:
+    """What the worker is told: 1000/1001 mean "I left"; a dropped client is not that."""
+    return DROPPED if code is None or code == 1006 else code
 
 
 def _code(code: int | None) -> int:

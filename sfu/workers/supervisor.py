@@ -41,12 +41,21 @@ from signaling.access import verify_access_token
 from signaling.http_api import node_name, rooms_response
 from signaling.messages import MAX_FRAME_BYTES, ProtocolError, parse_frame
 
-__all__ = ["Homes", "Supervisor", "supervise"]
+__all__ = ["Homes", "Joining", "Supervisor", "supervise"]
 
 log = structlog.get_logger(__name__)
 
 METRICS_TIMEOUT_S = 5.0
 SPAN_OPEN_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Joining:
+    """What the supervisor reads from a first ``join`` frame whose token verified."""
+
+    room: str
+    identity: str
+    resuming: bool
 
 
 @dataclass
@@ -57,6 +66,20 @@ class Homes:
     connections: dict[str, int] = field(default_factory=dict)
     spill: dict[str, tuple[str, int]] = field(default_factory=dict)  # the room's 2nd worker
     on_worker: dict[tuple[str, str], int] = field(default_factory=dict)  # relayed there now
+    # (room, identity) → (worker, generation, when last seen): where a `resume` must go.
+    seen: dict[tuple[str, str], tuple[str, int, float]] = field(default_factory=dict)
+
+    def remember(
+        self, room: str, identity: str, worker: str, generation: int, keep_s: float
+    ) -> None:
+        now = time.monotonic()
+        self.seen.pop((room, identity), None)
+        self.seen[(room, identity)] = (worker, generation, now)
+        while self.seen:  # oldest first: forget what no resume can claim any more
+            key, (_, _, when) = next(iter(self.seen.items()))
+            if now - when <= keep_s:
+                break
+            del self.seen[key]
 
     def attach(self, room: str, worker: str) -> None:
         key = (room, worker)
@@ -185,6 +208,11 @@ class Supervisor:
 
     def room_of(self, frame: aiohttp.WSMessage) -> str | None:
         """The room a first frame's valid ``join`` token names; None for anything else."""
+        joining = self.join_of(frame)
+        return joining.room if joining is not None else None
+
+    def join_of(self, frame: aiohttp.WSMessage) -> Joining | None:
+        """Room, identity and resumption of a first frame's valid ``join``; None otherwise."""
         if frame.type != WSMsgType.TEXT:
             return None
         try:
@@ -203,7 +231,22 @@ class Supervisor:
             )
         except TokenError:
             return None
-        return claims.room
+        return Joining(claims.room, claims.identity, isinstance(message.get("resume"), str))
+
+    def resume_slot(self, joining: Joining) -> WorkerSlot | None:
+        """The worker that last served this identity in this room, while it may still keep
+        the participant for a ``resume`` (a spanning room has two workers to choose from)."""
+        seen = self.homes.seen.get((joining.room, joining.identity))
+        window = self.settings.resume_window_s
+        if seen is None or not joining.resuming or time.monotonic() - seen[2] > window + 5:
+            return None
+        slot = self.pool.by_id(seen[0])
+        if slot is None or not slot.ready or slot.generation != seen[1]:
+            return None
+        home = self.homes.worker.get(joining.room)
+        if home is None or self.pool.by_id(home[0]) is None:
+            self.homes.worker[joining.room] = (slot.id, slot.generation)  # still lives there
+        return slot
 
     # --- draining -------------------------------------------------------------------------
 
@@ -245,32 +288,43 @@ async def signal_handler(request: web.Request) -> web.StreamResponse:
     sup.clients.add(ws)
     room: str | None = None
     attached: str | None = None
+    joining: Joining | None = None
     try:
         first = await ws.receive()  # as with one process: no deadline, heartbeats
         if first.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
             return ws
-        room = sup.room_of(first)
+        joining = sup.join_of(first)
+        room = joining.room if joining is not None else None
         if room is not None:
             sup.homes.acquire(room)
             elsewhere = await sup.nodes.node_for(room)
             if elsewhere is not None:
                 await _redirect(ws, first, elsewhere)
                 return ws
-        slot = sup.home_of(room) if room is not None else sup.any_worker()
-        if room is not None and slot is not None:
-            slot = await sup.span_target(room, slot)
+        slot = sup.resume_slot(joining) if joining is not None else None
+        if slot is None:
+            slot = sup.home_of(room) if room is not None else sup.any_worker()
+            if room is not None and slot is not None:
+                slot = await sup.span_target(room, slot)
         if slot is None or slot.session is None:
             await _no_worker(ws, first)
             return ws
         if room is not None:
             attached = slot.id
             sup.homes.attach(room, attached)
+            assert joining is not None
+            keep = sup.settings.resume_window_s + 5
+            sup.homes.remember(room, joining.identity, slot.id, slot.generation, keep)
         await relay(ws, slot.session, first, forwarded_proto=request.scheme)
     finally:
         sup.clients.discard(ws)
         if room is not None:
             if attached is not None:
                 sup.homes.detach(room, attached)
+                slot = sup.pool.by_id(attached)
+                if joining is not None and slot is not None:
+                    keep = sup.settings.resume_window_s + 5
+                    sup.homes.remember(room, joining.identity, slot.id, slot.generation, keep)
             sup.homes.release(room)
     return ws
 

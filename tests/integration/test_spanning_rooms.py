@@ -205,6 +205,16 @@ async def test_room_spans_two_workers(server: ServerProcess) -> None:
         )
         await _wait_room(server, room, 3)
         await _decodes(far[0], video, tone=None)  # the remaining pipe still carries media
+
+        # The home holds two now, so a fresh join would go home; a resume must still reach
+        # the spill worker, which keeps far-1 (same id, same media).
+        kept = far[0].id
+        far[0].signal.abort()
+        await asyncio.wait_for(far[0].signal.wait_closed(), T)
+        assert await far[0].resume(timeout=T)
+        assert far[0].id == kept and far[0].joined["resumed"] is True
+        assert {p["identity"] for p in far[0].joined["participants"]} == {"host", "near-2"}
+        await _decodes(far[0], video, tone=None)
     finally:
         await asyncio.gather(*(p.close() for p in people), return_exceptions=True)
 

@@ -17,7 +17,7 @@ from aiohttp import web
 from sfu.keys import KeyStore
 from sfu.settings import Settings
 from sfu.workers.pool import WorkerPool, WorkerSlot
-from sfu.workers.supervisor import Supervisor
+from sfu.workers.supervisor import Homes, Joining, Supervisor
 from sfu.workers.worker import SPAN_OPEN_PATH
 
 
@@ -135,3 +135,30 @@ async def test_a_dead_home_hands_the_room_to_its_spill_worker(setup: Setup) -> N
     sup.homes.forget_worker(home.id)
     assert sup.home_of("r") is spill  # rejoins go where the room still lives
     assert "r" not in sup.homes.spill
+
+
+async def test_a_resume_goes_to_the_worker_that_keeps_the_participant(setup: Setup) -> None:
+    sup, _ = setup
+    home = sup.home_of("r")
+    assert home is not None
+    for _ in range(3):
+        _join(sup, "r", home)
+    spill = await sup.span_target("r", home)
+    assert spill is not home
+    sup.homes.remember("r", "far-1", spill.id, spill.generation, keep_s=35)
+    for _ in range(3):  # the home empties: a fresh join would go home now
+        sup.homes.detach("r", home.id)
+    resumed = sup.resume_slot(Joining("r", "far-1", resuming=True))
+    assert resumed is spill  # where far-1 is kept, not where the spill rule points
+    assert sup.resume_slot(Joining("r", "far-1", resuming=False)) is None
+    assert sup.resume_slot(Joining("r", "someone-else", resuming=True)) is None
+    spill.generation += 1  # that worker restarted: nothing is kept there
+    assert sup.resume_slot(Joining("r", "far-1", resuming=True)) is None
+
+
+def test_remembered_identities_are_forgotten_after_the_resume_window() -> None:
+    homes = Homes()
+    homes.remember("r", "old", "0", 1, keep_s=0.0)
+    time.sleep(0.01)
+    homes.remember("r", "new", "1", 1, keep_s=0.005)
+    assert list(homes.seen) == [("r", "new")]
