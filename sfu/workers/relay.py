@@ -14,7 +14,7 @@ import contextlib
 import json
 
 import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 
 __all__ = ["WORKER_LOST", "WORKER_LOST_CLOSE", "relay"]
 
@@ -51,14 +51,15 @@ async def relay(
     async with upstream:
         await _send(upstream, first)
         down = asyncio.get_running_loop().create_task(_downstream(upstream, client))
+        ended: aiohttp.WSMessage | None = None
         try:
-            await _upstream(client, upstream)
+            ended = await _upstream(client, upstream)
         finally:
             if not down.done():
                 # The client left first: closing upstream ends the worker's session. A
                 # client that vanished without a close frame is kept there for a resume.
                 with contextlib.suppress(Exception):
-                    await upstream.close(code=_upstream_code(client.close_code))
+                    await upstream.close(code=_upstream_code(client.close_code, ended))
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(down, 10.0)
             down.cancel()
@@ -73,15 +74,19 @@ async def _send(upstream: aiohttp.ClientWebSocketResponse, frame: aiohttp.WSMess
 
 async def _upstream(
     client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
-) -> None:
-    """Client → worker, until the client closes or the worker is gone."""
+) -> aiohttp.WSMessage | None:
+    """Client → worker, until the client closes or the worker is gone; returns the frame
+    that ended it when that was not a close (an error such as a frame too large)."""
     async for frame in client:
-        if frame.type not in (WSMsgType.TEXT, WSMsgType.BINARY) or upstream.closed:
+        if frame.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            return frame
+        if upstream.closed:
             break
         try:
             await _send(upstream, frame)
         except (ConnectionError, aiohttp.ClientError):
             break
+    return None
 
 
 async def _downstream(
@@ -117,8 +122,12 @@ async def _worker_lost(client: web.WebSocketResponse) -> None:
     await client.close(code=WORKER_LOST_CLOSE, message=b"worker stopped: join again")
 
 
-def _upstream_code(code: int | None) -> int:
-    """What the worker is told: 1000/1001 mean "I left"; a dropped client is not that."""
+def _upstream_code(code: int | None, ended: aiohttp.WSMessage | None) -> int:
+    """What the worker is told: 1000/1001 mean "I left", and so does a protocol violation
+    (a frame too large: the client already got 1009 from here); a client that just vanished
+    is ``DROPPED`` (kept for a resume, as a single process keeps it)."""
+    if ended is not None and ended.type == WSMsgType.ERROR:
+        return 1000 if isinstance(ended.data, WebSocketError) else DROPPED
     return DROPPED if code is None or code == 1006 else code
 
 
