@@ -162,3 +162,31 @@ def test_remembered_identities_are_forgotten_after_the_resume_window() -> None:
     time.sleep(0.01)
     homes.remember("r", "new", "1", 1, keep_s=0.005)
     assert list(homes.seen) == [("r", "new")]
+
+
+async def test_a_busy_home_spills_by_cpu(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", workers=2, room_span_cpu=50.0)
+    sup = Supervisor(settings, KeyStore.open(settings.data_dir), WorkerPool(settings, tmp_path, 2))
+    home, other = sup.pool.slots
+    stand_in = StandIn()
+    app = web.Application()
+    app.router.add_post(SPAN_OPEN_PATH, stand_in.open_span)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.UnixSite(runner, other.spec.socket_path).start()
+    other.session = aiohttp.ClientSession(
+        connector=aiohttp.UnixConnector(path=other.spec.socket_path)
+    )
+    for slot in (home, other):
+        slot.ready, slot.generation, slot.reported_at = True, 1, time.monotonic()
+    try:
+        assert await sup.span_target("r", home) is home  # a new room: nothing to spill yet
+        _join(sup, "r", home)
+        home.cpu_percent = 40.0
+        assert await sup.span_target("r", home) is home
+        home.cpu_percent = 80.0  # over --room-span-cpu: new joins go elsewhere
+        assert await sup.span_target("r", home) is other
+        assert stand_in.opened == [{"room": "r", "home_socket": home.spec.socket_path}]
+    finally:
+        await other.session.close()
+        await runner.cleanup()
