@@ -85,7 +85,8 @@ class Room:
     def join(self, participant: Participant) -> None:
         if participant.hooks is not NO_HOOKS:
             self.hooks = participant.hooks
-        if not self._started:
+        if not self._started and (self.shard is None or self.shard.home):
+            # A spill shard's room is the home's room: it started (and finishes) there.
             self._started = True
             self.hooks.events.emit("room_started", room=self.describe())
         self.participants[participant.id] = participant
@@ -129,11 +130,15 @@ class Room:
         self.hooks.events.emit(
             "participant_left", room=self.describe(), participant=participant.describe()
         )
-        if self.empty and self._started and not self._leaving:
-            self._started = False
-            self.hooks.events.emit("room_finished", room=self.describe())
+        self.finish_if_empty()
         if self.empty and self.shard is not None:
             self.shard.room_empty()
+
+    def finish_if_empty(self) -> None:
+        """``room_finished`` once nobody is left here nor on a shard on another worker."""
+        if self.empty and self._started and not self._leaving and self.shard is None:
+            self._started = False
+            self.hooks.events.emit("room_finished", room=self.describe())
 
     def producer_added(self, producer: Producer) -> None:
         self.tracks[producer.id] = producer

@@ -313,6 +313,7 @@ class ShardLink:
         self.endpoint.close()
         if self.room.shard is self:
             self.room.shard = None
+            self.room.finish_if_empty()  # the home's room ends when both shards have
         log.info("shard_link_closed", room=self.room.id, home=self._home, reason=reason)
         if self._on_closed is not None:
             self._on_closed(self)

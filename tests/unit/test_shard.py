@@ -43,14 +43,16 @@ class Subscriber:
 class Person:
     """What Room needs of a participant: id, describe, send, offer_track, subscriber."""
 
-    def __init__(self, participant_id: str) -> None:
+    def __init__(self, participant_id: str, hooks: RoomHooks | None = None) -> None:
         self.id = participant_id
+        self.identity, self.role = f"who-{participant_id}", "customer"
+        self.hooks = hooks  # Room.join adopts the server's hooks from its participants
         self.inbox: list[dict[str, Any]] = []
         self.offered: list[str] = []
         self.subscriber = Subscriber()
 
     def describe(self) -> dict[str, str]:
-        return {"id": self.id, "identity": f"who-{self.id}", "role": "customer"}
+        return {"id": self.id, "identity": self.identity, "role": self.role}
 
     def send(self, message: dict[str, Any]) -> None:
         self.inbox.append(message)
@@ -58,6 +60,9 @@ class Person:
     def offer_track(self, producer: Producer) -> None:
         if producer.participant_id != self.id:
             self.offered.append(producer.id)
+
+    async def close(self) -> None:
+        pass
 
     def types(self) -> list[str]:
         return [m["type"] for m in self.inbox]
@@ -257,3 +262,22 @@ async def test_an_empty_spill_shard_closes_its_link_after_a_grace(
     home.room_empty()  # the home keeps its link while the spill shard lives
     await asyncio.sleep(0.1)
     assert closed == [spill] and spill.room.shard is None and not home.closed
+
+
+async def test_room_webhooks_come_from_the_home_once(pair: Pair) -> None:
+    home, spill = pair
+    near, far = Person("PAnear", home.room.hooks), Person("PAfar", spill.room.hooks)
+    home.room.join(cast(Participant, near))
+    spill.room.join(cast(Participant, far))
+    await settle()
+    home_events = cast(Events, home.room.hooks.events).emitted
+    spill_events = cast(Events, spill.room.hooks.events).emitted
+    assert home_events.count("room_started") == 1 and "room_started" not in spill_events
+    await home.room.leave(cast(Participant, near))
+    assert "room_finished" not in home_events  # the spill shard still has someone
+    await spill.room.leave(cast(Participant, far))
+    spill.close("empty")
+    home.close("link ended")  # what the WebSocket's end tells the home
+    await settle()
+    assert "room_finished" not in spill_events
+    assert home_events.count("room_finished") == 1  # once the link is gone and both are empty
