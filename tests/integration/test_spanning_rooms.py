@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 import time
 import urllib.request
 import uuid
@@ -240,5 +242,64 @@ async def test_recording_a_spanning_room_is_refused_clearly(server: ServerProces
             )
         assert refused.value.code == "conflict"
         assert "spans workers" in str(refused.value)
+    finally:
+        await asyncio.gather(*(p.close() for p in people), return_exceptions=True)
+
+
+def _worker_pids(server: ServerProcess) -> dict[str, int]:
+    """Latest PID of each worker id, from the supervisor's worker_ready log lines."""
+    pids: dict[str, int] = {}
+    for line in list(server.log_lines):
+        if '"worker_ready"' in line:
+            record = json.loads(line)
+            pids[str(record["worker"])] = int(record["pid"])
+    return pids
+
+
+async def test_the_home_worker_dies_and_the_spill_shard_carries_on(server: ServerProcess) -> None:
+    room = f"span-kill-{uuid.uuid4().hex[:8]}"
+    people: list[Participant] = []
+
+    async def join(identity: str, tracks: list[MediaStreamTrack] | None = None) -> Participant:
+        participant = await Participant.join(
+            server.url, server.token(room, identity), publish_tracks=tracks or [], timeout=T
+        )
+        people.append(participant)
+        return participant
+
+    try:
+        host = await join("host", [FrameCounterTrack()])
+        (video,) = host.published
+        near = [await join("near-1"), await join("near-2")]
+        far = await join("far")
+        await far.wait_remote_tracks([video], T)
+        home = _worker_of(host)
+        assert _worker_of(far) != home
+
+        os.kill(_worker_pids(server)[home], signal.SIGKILL)
+        for participant in (host, *near):  # the home's clients are told to join again
+            error = await participant.signal.next_event("error", timeout=T)
+            assert error["code"] == "internal"
+        # The spill worker's client stays, and sees the home's part of the room go.
+        gone = await far.next_event(
+            "track.unpublished", lambda m: m["track"]["id"] == video, timeout=T
+        )
+        assert gone["track"]["participant"] == host.id
+        left: set[str] = set()
+        while len(left) < 3:
+            event = await far.next_event("participant.left", timeout=T)
+            left.add(event["participant"]["id"])
+        assert left == {host.id, near[0].id, near[1].id}
+        assert (await far.signal.request({"type": "ping"}, T))["type"] == "pong"
+
+        # The room now lives on the spill worker: a rejoin lands there and meets far.
+        back = await join("host-again", [FrameCounterTrack()])
+        (again,) = back.published
+        met = await far.next_event(
+            "participant.joined", lambda m: m["participant"]["id"] == back.id, timeout=T
+        )
+        assert met["participant"]["identity"] == "host-again"
+        await _decodes(far, again, tone=None)
+        assert _worker_of(back) == _worker_of(far)
     finally:
         await asyncio.gather(*(p.close() for p in people), return_exceptions=True)
