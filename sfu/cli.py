@@ -29,6 +29,7 @@ from typing import Protocol
 
 from recorder.cli import add_data_commands
 from sfu import __version__
+from sfu.cluster.placement import ClusterUnavailable
 from sfu.keys import KeyStore, KeyStoreError
 from sfu.logs import configure_logging
 from sfu.settings import DEFAULT_ISSUER, Settings, SettingsError, add_serve_arguments
@@ -53,9 +54,7 @@ DEFAULT_TTL_S = 3600
 def _grants_arg(raw: str) -> frozenset[str]:
     items = [item.strip() for item in raw.split(",") if item.strip()]
     if not items:
-        raise argparse.ArgumentTypeError(
-            f"needs at least one of {','.join(sorted(GRANTS))}"
-        )
+        raise argparse.ArgumentTypeError(f"needs at least one of {','.join(sorted(GRANTS))}")
     try:
         return validate_grants(items)
     except ValueError as exc:
@@ -185,6 +184,8 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         result = run(settings)
     except (KeyStoreError, SettingsError) as exc:
         return _fail("serve", str(exc))
+    except ClusterUnavailable as exc:
+        return _fail("serve", f"--redis: cannot join the cluster: {exc}")
     except OSError as exc:  # e.g. address already in use, permission denied
         return _fail("serve", f"{exc.strerror or exc}")
     return result if isinstance(result, int) else 0

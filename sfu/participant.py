@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -44,6 +45,8 @@ class Participant:
         self.unsubscribed: set[str] = set()
         self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_LIMIT)
         self.overflowed = False
+        # Set by the signalling session: flush the outbox, then close with this code.
+        self.disconnect: Callable[[int], None] = _not_connected
         self.log = structlog.get_logger(__name__).bind(room=room.id, participant=participant_id)
         self.publisher = Publisher(
             participant_id, media, on_added=room.producer_added, on_removed=room.producer_removed
@@ -78,3 +81,7 @@ class Participant:
     async def close(self) -> None:
         await self.publisher.close()
         await self.subscriber.close()
+
+
+def _not_connected(code: int) -> None:
+    return None

@@ -15,9 +15,11 @@ from typing import Any
 import structlog
 
 from recorder.service import RecordingService
+from sfu.cluster.node import ClusterNode, LocalLoad, default_node_id
+from sfu.cluster.placement import LocalPlacement, RoomPlacement
 from sfu.keys import KeyStore
 from sfu.peer_connection import MediaConfig
-from sfu.room import RoomHooks
+from sfu.room import Room, RoomHooks
 from sfu.rooms import LocalRoomRegistry, RoomRegistry
 from sfu.settings import IceServer, Settings
 from sfu.stats import ServerStats
@@ -40,12 +42,17 @@ class Server:
         *,
         worker_id: str = "0",
         recordings: RecordingService | None = None,
+        placement: RoomPlacement | None = None,
     ) -> None:
         self.settings = settings
         self.keys = keys
         self.recordings = recordings  # consent-gated recorder (None: recording disabled)
         self.worker_id = worker_id
         self.rooms: RoomRegistry = rooms if rooms is not None else LocalRoomRegistry()
+        self.node_id = settings.node_id or default_node_id()
+        # Which node hosts a room: this one (no Redis) or the cluster's claim (sfu.cluster).
+        self.placement: RoomPlacement = placement or LocalPlacement(self.node_id)
+        self.cluster: ClusterNode | None = None  # with --redis (set by server_main)
         self.stats = ServerStats()
         self.ice = IceServerSet.from_settings(settings)
         self.media = MediaConfig(
@@ -93,6 +100,39 @@ class Server:
         """Start the background parts: webhook delivery and the event-loop lag probe."""
         self.stats.loop_lag.start()
         await self.webhooks.start()
+
+    # --- rooms and the cluster -----------------------------------------------------------
+
+    def release_room(self, room: Room) -> None:
+        """After a participant left: forget the room if empty, and give up its placement."""
+        self.rooms.release(room)
+        if self.rooms.get(room.id) is None:
+            self.placement.released(room.id)
+
+    def local_load(self) -> LocalLoad:
+        """What this node hosts, for the cluster heartbeat and ``GET /v1/nodes``."""
+        rooms = self.rooms.all()
+        return LocalLoad(
+            rooms={room.id: len(room.participants) for room in rooms},
+            tracks=sum(len(room.tracks) for room in rooms),
+        )
+
+    def evict_room(self, room_id: str, url: str | None) -> None:
+        """The room's claim went to another node: everyone here must leave (and rejoin)."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            return
+        message = {
+            "type": "error",
+            "code": "conflict",
+            "message": "this room moved to another node: join again",
+        }
+        if url:
+            message["url"] = url
+        for participant in list(room.participants.values()):
+            participant.send(message)
+            participant.disconnect(1012)
+        log.warning("room_evicted", room=room_id, participants=len(room.participants), to=url)
 
     # --- draining ---------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ from aiohttp import web
 
 from recorder.service import RecordingService
 from sfu import aiortc_bridge as bridge
+from sfu.cluster.node import ClusterNode
+from sfu.cluster.state import ClusterState
 from sfu.drain import Drain
 from sfu.keys import KeyStore
 from sfu.server import Server
@@ -65,6 +67,7 @@ async def _serve(settings: Settings) -> int:
         settings.data_dir, keys, settings.issuer, redis_url=settings.redis_url
     )
     server = Server(settings, keys, recordings=recordings)
+    cluster = _cluster(settings, server)
     runner = web.AppRunner(create_app(server), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=context)
@@ -72,9 +75,16 @@ async def _serve(settings: Settings) -> int:
     watcher: asyncio.Task[None] | None = None
     try:
         await site.start()
-        await server.start()
         port = runner.addresses[0][1]
         scheme = "https" if tls is not None else "http"
+        if cluster is not None:
+            # Until registered, joins are refused ("cluster state unavailable").
+            ws_scheme = "wss" if tls is not None else "ws"
+            cluster.set_url(
+                settings.public_url or f"{ws_scheme}://{_url_host(settings.host)}:{port}/v1/signal"
+            )
+            await cluster.start()
+        await server.start()
         certificate = (
             {"tls_not_after": tls.info.not_after, "fingerprint_sha256": tls.info.fingerprint_sha256}
             if tls is not None
@@ -89,6 +99,8 @@ async def _serve(settings: Settings) -> int:
             ice_hosts=list(settings.ice_hosts),
             turn=server.ice.has_turn,
             webhooks=len(settings.webhook_urls),
+            node=server.node_id,
+            cluster=cluster.url if cluster is not None else None,
             **certificate,
         )
         if tls is not None:
@@ -104,5 +116,27 @@ async def _serve(settings: Settings) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         await runner.cleanup()
+        if cluster is not None:
+            await cluster.stop()
         await server.stop(WEBHOOK_FLUSH_S)
     return 0
+
+
+def _cluster(settings: Settings, server: Server) -> ClusterNode | None:
+    """With ``--redis``: this node's cluster membership, installed as the server's placement."""
+    if not settings.redis_url:
+        return None
+    cluster = ClusterNode(
+        ClusterState.from_url(settings.redis_url),
+        node_id=server.node_id,
+        ttl_s=settings.cluster_ttl_s,
+        load=server.local_load,
+        evict=server.evict_room,
+        worker_ids=(server.worker_id,),
+    )
+    server.placement = server.cluster = cluster
+    return cluster
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

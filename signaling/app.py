@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from sfu.server import Server
+from signaling.cluster_api import setup_cluster_api
 from signaling.http_api import setup_http_api
 from signaling.messages import MAX_FRAME_BYTES
 from signaling.metrics import METRICS_CONTENT_TYPE, render_metrics
@@ -76,6 +77,7 @@ def create_app(server: Server) -> web.Application:
     app.router.add_get("/metrics", metrics)
     setup_http_api(app, server)
     setup_recordings_api(app, server)
+    setup_cluster_api(app, server)
     setup_pages(app)
 
     async def close_server(app: web.Application) -> AsyncIterator[None]:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp
 
+from sfu.cluster.placement import ClusterUnavailable
 from sfu.ids import new_id
 from sfu.participant import Participant
 from sfu.sdp_guard import SdpError
@@ -102,6 +103,17 @@ async def on_join(session: SignalSession, message: dict[str, Any], request_id: s
     asked_room = optional(message, "room", str, max_len=128)
     if asked_room is not None and asked_room != claims.room:
         raise ProtocolError("forbidden", "the token is for another room")
+    try:
+        placement = await server.placement.place(claims.room)
+    except ClusterUnavailable:
+        raise ProtocolError("internal", "cluster state unavailable") from None
+    if not placement.local:
+        # The room lives on another node: the client sends the same `join` there.
+        session.reply(request_id, {"type": "redirect", "url": placement.url})
+        session.close_after_flush(1000)
+        return
+    if server.draining or server.closing:  # began while the placement was asked
+        raise ProtocolError("conflict", "the server is draining: join another node")
     room = server.rooms.get_or_create(claims.room)
     participant = Participant(
         participant_id=new_id("PA"),

@@ -53,6 +53,7 @@ class SignalSession:
         self._writer: asyncio.Task[None] | None = None
         self._close_code: int | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._kicked: asyncio.Task[None] | None = None
 
     # --- sending --------------------------------------------------------------------
 
@@ -89,10 +90,27 @@ class SignalSession:
 
     def start_writer(self, participant: Participant) -> None:
         self.participant = participant
+        participant.disconnect = self.disconnect
         for message in self._pending:
             participant.send(message)
         self._pending = []
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(participant))
+
+    def disconnect(self, code: int) -> None:
+        """Server-side end of a joined session: send what is queued, then close the socket
+        (the read loop then ends and the participant leaves its room)."""
+        if self._close_code is not None and self._kicked is not None:
+            return
+        self._close_code = code
+        self._kicked = asyncio.get_running_loop().create_task(self._close_after_writer(code))
+
+    async def _close_after_writer(self, code: int) -> None:
+        participant, writer = self.participant, self._writer
+        if participant is not None and writer is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                participant.outbox.put_nowait(None)
+            await asyncio.wait([writer], timeout=2.0)
+        await self.ws.close(code=code)
 
     # --- the read loop ----------------------------------------------------------------
 
@@ -206,4 +224,4 @@ class SignalSession:
             await room.leave(participant)
             if self.server.recordings is not None:
                 await self.server.recordings.participant_left(room, participant)
-            self.server.rooms.release(room)
+            self.server.release_room(room)

@@ -1,0 +1,241 @@
+"""This node's part in the cluster: heartbeat, room claims, and what happens when one is lost.
+
+Placement: the node a ``join`` reaches claims the room if no live node holds it (a load
+balancer in front spreads first joins; nobody pays an extra hop to start a call); a join for a
+room held elsewhere is answered with the holder's URL (``redirect``).
+
+Every ``ttl/3`` seconds the heartbeat rewrites this node's record (load, workers) and refreshes
+the claims of the rooms it hosts in one script. A claim whose epoch changed under it (another
+node took the room: split brain after a stall, or an operator) is *lost*: the room's
+participants are evicted with the new holder's URL. A claim that expired while Redis was away
+is re-taken with a new epoch if still free. Redis errors never touch calls in progress: the
+node keeps its rooms, refuses new joins (:class:`ClusterUnavailable`) and resyncs when Redis
+answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from sfu.cluster.placement import ClusterUnavailable, Placement
+from sfu.cluster.state import ClusterState, HeldRoom, NodeIdInUse
+
+__all__ = ["ClusterNode", "CpuMeter", "LocalLoad", "default_node_id"]
+
+log = structlog.get_logger(__name__)
+
+
+def default_node_id() -> str:
+    """``<hostname>-<pid>``: unique per process on a machine, readable in listings."""
+    return f"{socket.gethostname()}-{os.getpid()}"[:64]
+
+
+@dataclass(frozen=True, slots=True)
+class LocalLoad:
+    """What this node hosts now: room id → participants, and the track count."""
+
+    rooms: dict[str, int]
+    tracks: int
+
+    def describe(self, cpu: float) -> dict[str, float | int]:
+        """The ``load`` object of ``GET /v1/nodes`` (``cpu``: share of one core)."""
+        return {
+            "rooms": len(self.rooms),
+            "participants": sum(self.rooms.values()),
+            "tracks": self.tracks,
+            "cpu": cpu,
+        }
+
+
+LoadSource = Callable[[], LocalLoad]
+EvictCallback = Callable[[str, str | None], None]
+
+
+class CpuMeter:
+    """Share of one core this process used since the last reading."""
+
+    def __init__(self) -> None:
+        self._wall = time.monotonic()
+        self._cpu = time.process_time()
+
+    def read(self) -> float:
+        wall, cpu = time.monotonic(), time.process_time()
+        share = (cpu - self._cpu) / max(wall - self._wall, 1e-6)
+        self._wall, self._cpu = wall, cpu
+        return round(share, 3)
+
+
+class ClusterNode:
+    """Implements :class:`~sfu.cluster.placement.RoomPlacement` over :class:`ClusterState`."""
+
+    def __init__(
+        self,
+        state: ClusterState,
+        *,
+        node_id: str,
+        ttl_s: float,
+        load: LoadSource,
+        evict: EvictCallback,
+        worker_ids: tuple[str, ...] = ("0",),
+    ) -> None:
+        self.state = state
+        self.node_id = node_id
+        self.url = ""  # set_url() once the listening port is known
+        self.ttl_s = ttl_s
+        self.worker_ids = worker_ids
+        self._load = load
+        self._evict = evict
+        self._instance = secrets.token_hex(8)
+        self._claims: dict[str, int] = {}  # room id → epoch this node holds
+        self._task: asyncio.Task[None] | None = None
+        self._releases: set[asyncio.Task[None]] = set()
+        self._cpu = CpuMeter()
+        self.available = False  # False until registered, and while Redis is unreachable
+
+    @property
+    def interval_s(self) -> float:
+        return self.ttl_s / 3
+
+    def set_url(self, url: str) -> None:
+        self.url = url
+
+    def held(self) -> dict[str, int]:
+        """Rooms this node holds a claim on, with the epoch (a copy)."""
+        return dict(self._claims)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Register (waiting up to a TTL for a dead predecessor with the same id to expire),
+        then heartbeat in the background. Raises ClusterUnavailable if Redis is down."""
+        deadline = time.monotonic() + self.ttl_s + 1.0
+        while True:
+            try:
+                await self._beat()
+                break
+            except NodeIdInUse:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(self.interval_s)
+        self.available = True
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="cluster-heartbeat")
+        log.info("cluster_joined", node=self.node_id, url=self.url, ttl_s=self.ttl_s)
+
+    async def stop(self) -> None:
+        """Leave: release every claim and remove this node's record (best effort)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._releases:
+            await asyncio.wait(self._releases, timeout=self.ttl_s)
+        with contextlib.suppress(ClusterUnavailable):
+            for room, epoch in list(self._claims.items()):
+                await self.state.release(room, node=self.node_id, epoch=epoch)
+            self._claims.clear()
+            await self.state.remove_node(self.node_id, self._instance)
+        await self.state.close()
+
+    # --- placement ----------------------------------------------------------------------
+
+    async def place(self, room_id: str) -> Placement:
+        if not self.available:
+            raise ClusterUnavailable("cluster state unavailable")
+        held = self._claims.get(room_id, 0)
+        rooms = self._load().rooms
+        claim = await self.state.claim(
+            room_id,
+            node=self.node_id,
+            url=self.url,
+            ttl_s=self.ttl_s,
+            held_epoch=held,
+            participants=rooms.get(room_id, 0),
+            workers=self.worker_ids,
+        )
+        local = claim.node == self.node_id
+        if local:
+            self._claims[room_id] = claim.epoch
+        return Placement(
+            room=room_id, node=claim.node, url=claim.url, epoch=claim.epoch, local=local
+        )
+
+    def released(self, room_id: str) -> None:
+        epoch = self._claims.pop(room_id, None)
+        if epoch is not None:
+            self._spawn_release(room_id, epoch)
+
+    def _spawn_release(self, room_id: str, epoch: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._release(room_id, epoch))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release(self, room_id: str, epoch: int) -> None:
+        with contextlib.suppress(ClusterUnavailable):  # else it expires after the TTL
+            await self.state.release(room_id, node=self.node_id, epoch=epoch)
+
+    # --- heartbeat ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self._beat()
+            except NodeIdInUse:
+                log.error("cluster_node_id_in_use", node=self.node_id)
+                self.available = False
+                continue
+            except ClusterUnavailable as exc:
+                if self.available:
+                    log.warning("cluster_state_unavailable", node=self.node_id, error=str(exc))
+                self.available = False
+                continue
+            if not self.available:
+                log.info("cluster_state_recovered", node=self.node_id, rooms=len(self._claims))
+            self.available = True
+
+    async def _beat(self) -> None:
+        current = self._load()
+        await self.state.heartbeat(
+            node=self.node_id,
+            instance=self._instance,
+            url=self.url,
+            ttl_s=self.ttl_s,
+            load=current.describe(self._cpu.read()),
+            workers=len(self.worker_ids),
+        )
+        held = [
+            HeldRoom(room, epoch, current.rooms.get(room, 0), self.worker_ids)
+            for room, epoch in self._claims.items()
+        ]
+        epochs = await self.state.refresh(held, node=self.node_id, url=self.url, ttl_s=self.ttl_s)
+        for room, epoch in epochs.items():
+            if room not in self._claims:
+                if epoch > 0:  # released while the refresh ran (and perhaps re-taken by it)
+                    self._spawn_release(room, epoch)
+                continue
+            if epoch > 0:
+                if epoch != self._claims[room]:
+                    log.info("cluster_room_reclaimed", room=room, epoch=epoch)
+                self._claims[room] = epoch
+                continue
+            del self._claims[room]
+            try:
+                holder = await self.state.holder(room)
+            except ClusterUnavailable:
+                holder = None
+            log.warning(
+                "cluster_room_lost",
+                room=room,
+                holder=holder.node if holder else None,
+                epoch=holder.epoch if holder else None,
+            )
+            self._evict(room, holder.url if holder and holder.node != self.node_id else None)

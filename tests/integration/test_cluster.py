@@ -1,0 +1,240 @@
+"""A cluster of real server processes sharing a real redis-server: placement, redirects,
+node death, Redis outages and split brain."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from helpers.cluster import admin_get, start_node, wait_for
+from helpers.media import FrameCounterTrack, collect
+from helpers.redis_server import RedisServer
+from helpers.server import ServerProcess
+
+from signaling.client import Participant, SignalClient, SignalError
+
+pytestmark = pytest.mark.integration
+
+assert shutil.which("redis-server"), "redis-server is missing: scripts/test installs it"
+
+TTL_S = 1.5
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[list[ServerProcess]]:
+    started: list[ServerProcess] = []
+    try:
+        for node_id in ("node-a", "node-b"):
+            started.append(start_node(tmp_path, redis_server.url, node_id, ttl_s=TTL_S))
+        yield started
+    finally:
+        for node in started:
+            node.stop()
+
+
+def _node_ids(node: ServerProcess) -> set[str]:
+    status, body = admin_get(node, "/v1/nodes")
+    assert status == 200, body
+    return {n["id"] for n in body["nodes"]}
+
+
+async def _call(node: ServerProcess, room: str) -> tuple[Participant, Participant, object]:
+    alice = await Participant.join(
+        node.url, node.token(room, "alice"), publish_tracks=[FrameCounterTrack()]
+    )
+    bob = await Participant.join(node.url, node.token(room, "bob"))
+    tracks = await bob.wait_remote_tracks(1, timeout=15)
+    video = next(iter(tracks.values()))
+    await collect(video, 3, timeout=15)
+    return alice, bob, video
+
+
+@pytest.mark.asyncio
+async def test_a_join_on_another_node_is_redirected_and_media_flows(
+    nodes: list[ServerProcess], room: str
+) -> None:
+    node_a, node_b = nodes
+    alice = await Participant.join(
+        node_a.url, node_a.token(room, "alice"), publish_tracks=[FrameCounterTrack()]
+    )
+    try:
+        # The bare protocol: `redirect` to the room's node, with the join's id, then close.
+        raw = await SignalClient.connect(node_b.url)
+        reply = await raw.request({"type": "join", "token": node_b.token(room, "probe")})
+        assert reply == {"type": "redirect", "url": node_a.url, "id": reply["id"]}
+        assert await raw.wait_closed(timeout=5) == 1000
+        await raw.close()
+        # The Python client follows it, and media flows between the two peers on node A.
+        bob = await Participant.join(node_b.url, node_b.token(room, "bob"))
+        try:
+            assert bob.signal.url == node_a.url
+            tracks = await bob.wait_remote_tracks(1, timeout=15)
+            frames = await collect(next(iter(tracks.values())), 5, timeout=15)
+            assert len(frames) == 5
+
+            # Both nodes list both nodes, and the room on node A with its two participants.
+            for node in nodes:
+                status, body = admin_get(node, "/v1/nodes")
+                assert status == 200
+                listed = {n["id"]: n for n in body["nodes"]}
+                assert set(listed) == {"node-a", "node-b"}
+                assert listed["node-a"]["url"] == node_a.url
+                assert listed["node-b"]["url"] == node_b.url
+                assert listed["node-a"]["workers"] == 1
+                assert set(listed["node-a"]["load"]) == {"rooms", "participants", "tracks", "cpu"}
+            await wait_for(
+                lambda: (
+                    admin_get(node_b, "/v1/rooms")[1]["rooms"]
+                    == [{"id": room, "node": "node-a", "workers": ["0"], "participants": 2}]
+                ),
+                timeout=5,
+            )
+            status, body = admin_get(node_a, "/v1/rooms")
+            assert status == 200
+            assert body["rooms"] == [
+                {"id": room, "node": "node-a", "workers": ["0"], "participants": 2}
+            ]
+            # The listing needs the admin grant.
+            status, body = admin_get(node_a, "/v1/rooms", grants=("publish",))
+            assert status == 403 and body["error"]["code"] == "forbidden"
+        finally:
+            await bob.close()
+    finally:
+        await alice.close()
+    # The last participant left: the claim is released and the room is gone cluster-wide.
+    await wait_for(lambda: admin_get(node_b, "/v1/rooms")[1]["rooms"] == [], timeout=5)
+
+
+@pytest.mark.asyncio
+async def test_a_killed_node_disappears_and_its_room_is_joinable_through_another(
+    nodes: list[ServerProcess], room: str
+) -> None:
+    node_a, node_b = nodes
+    alice, bob, _ = await _call(node_a, room)
+    try:
+        node_a.proc.kill()  # type: ignore[union-attr]  # SIGKILL: no goodbye to Redis
+        node_a.proc.wait(timeout=5)  # type: ignore[union-attr]
+        killed = time.monotonic()
+        gone = await wait_for(lambda: _node_ids(node_b) == {"node-b"}, timeout=TTL_S + 5)
+        assert gone <= TTL_S + 1.0
+        # The same join, through node B: node B now hosts the room (no redirect to a dead node).
+        carol = await Participant.join(
+            node_b.url, node_b.token(room, "carol"), publish_tracks=[FrameCounterTrack()]
+        )
+        joinable = time.monotonic() - killed
+        try:
+            assert carol.signal.url == node_b.url
+            assert joinable < TTL_S + 3.0
+            dave = await Participant.join(node_b.url, node_b.token(room, "dave"))
+            try:
+                tracks = await dave.wait_remote_tracks(1, timeout=15)
+                assert len(await collect(next(iter(tracks.values())), 3, timeout=15)) == 3
+            finally:
+                await dave.close()
+            status, body = admin_get(node_b, "/v1/rooms")
+            assert status == 200
+            assert [(r["id"], r["node"]) for r in body["rooms"]] == [(room, "node-b")]
+        finally:
+            await carol.close()
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+@pytest.mark.asyncio
+async def test_redis_down_keeps_calls_refuses_joins_and_resyncs(
+    tmp_path: Path, redis_server: RedisServer, room: str
+) -> None:
+    node = start_node(tmp_path, redis_server.url, "solo", ttl_s=TTL_S)
+    revived: RedisServer | None = None
+    try:
+        alice, bob, video = await _call(node, room)
+        try:
+            redis_server.stop()
+            with pytest.raises(SignalError) as refused:
+                late = await Participant.join(node.url, node.token(room, "late"))
+                await late.close()
+            assert refused.value.code == "internal"
+            assert refused.value.message == "cluster state unavailable"
+            status, body = admin_get(node, "/v1/rooms")
+            assert status == 500 and body["error"]["message"] == "cluster state unavailable"
+            # The call in progress keeps its media, well past the claim's TTL.
+            await asyncio.sleep(TTL_S * 2)
+            assert len(await collect(video, 10, timeout=5)) == 10  # type: ignore[arg-type]
+
+            # Redis comes back empty (no persistence): the node re-registers, re-claims its
+            # room with a new epoch, and joins work again.
+            revived = RedisServer(redis_server.workdir, port=redis_server.port).start()
+            client = redis.Redis.from_url(redis_server.url)
+            try:
+                await wait_for(
+                    lambda: client.hget("{sfu-cluster}:room:" + room, "node") == b"solo",
+                    timeout=TTL_S * 3,
+                )
+                assert int(client.hget("{sfu-cluster}:room:" + room, "epoch") or 0) >= 1
+                assert client.exists("{sfu-cluster}:node:solo")
+            finally:
+                client.close()
+            carol = await Participant.join(node.url, node.token(room, "carol"))
+            try:
+                tracks = await carol.wait_remote_tracks(1, timeout=15)
+                assert len(await collect(next(iter(tracks.values())), 3, timeout=15)) == 3
+            finally:
+                await carol.close()
+        finally:
+            await alice.close()
+            await bob.close()
+    finally:
+        node.stop()
+        if revived is not None:
+            revived.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_node_whose_claim_was_overtaken_evicts_its_participants(
+    tmp_path: Path, redis_server: RedisServer, room: str
+) -> None:
+    node = start_node(tmp_path, redis_server.url, "stale", ttl_s=TTL_S)
+    try:
+        alice = await Participant.join(node.url, node.token(room, "alice"))
+        try:
+            client = redis.Redis.from_url(redis_server.url)
+            try:
+                # Another node took the room (as after a stall longer than the TTL).
+                client.delete("{sfu-cluster}:room:" + room)
+                client.hset(
+                    "{sfu-cluster}:room:" + room,
+                    mapping={"node": "elsewhere", "url": "ws://127.0.0.1:9/v1/signal",
+                             "epoch": 1000},
+                )  # fmt: skip
+                error = await alice.signal.next_event("error", timeout=TTL_S * 3)
+                assert error["code"] == "conflict"
+                assert error["url"] == "ws://127.0.0.1:9/v1/signal"
+                assert await alice.signal.wait_closed(timeout=5) == 1012
+                # The stale node holds nothing any more; the new holder's claim is intact.
+                assert client.hget("{sfu-cluster}:room:" + room, "node") == b"elsewhere"
+                status, body = admin_get(node, "/v1/rooms")
+                assert status == 200
+                assert body["rooms"] == [
+                    {"id": room, "node": "elsewhere", "workers": [], "participants": 0}
+                ]
+            finally:
+                client.close()
+        finally:
+            await alice.close()
+    finally:
+        node.stop()
