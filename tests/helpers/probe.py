@@ -44,5 +44,7 @@ def probe(path: Path) -> Probe:
         first = _packet_times(path, "-select_streams", f"{kind[0]}:0", "-read_intervals", "%+#1")
         starts[kind] = first[0] if first else 0.0
     # Live-written files carry no total duration: measure the last packet instead.
-    duration = float(info["format"].get("duration") or 0.0) or max(_packet_times(path), default=0.0)
+    duration = float(info["format"].get("duration") or 0.0) or max(
+        _packet_times(path), default=0.0
+    )
     return Probe(info["format"]["format_name"], codecs, duration, starts, frames)
