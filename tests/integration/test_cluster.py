@@ -4,10 +4,14 @@ node death, Redis outages and split brain."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -238,3 +242,71 @@ async def test_a_node_whose_claim_was_overtaken_evicts_its_participants(
             await alice.close()
     finally:
         node.stop()
+
+
+NOTICE = "This support call will be recorded. You may withdraw at any time."
+
+
+def _recorded(event: dict[str, Any], participant: Participant) -> bool:
+    return any(p["id"] == participant.id for p in event["participants"])
+
+
+def _post(node: ServerProcess, path: str, token: str) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        node.http + path, method="POST", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.asyncio
+async def test_a_withdrawal_on_one_node_stops_a_recording_on_another_within_500_ms(
+    nodes: list[ServerProcess], room: str
+) -> None:
+    node_a, node_b = nodes
+    agent = await Participant.join(
+        node_a.url,
+        node_a.token(room, "agent-1", role="agent", grants=("publish", "subscribe", "record")),
+    )
+    customer = await Participant.join(
+        node_a.url, node_a.token(room, "customer-1"), publish_tracks=[FrameCounterTrack()]
+    )
+    try:
+        await agent.wait_remote_tracks(1, timeout=15)
+        await agent.signal.request(
+            {"type": "recording.start", "scope": ["video"], "notice": NOTICE}
+        )
+        asked = await customer.next_event("consent.request", timeout=5)
+        granted = await customer.signal.request(
+            {"type": "consent.grant", "request": asked["request"], "scope": ["video"]}
+        )
+        await agent.next_event("recording.state", lambda e: _recorded(e, customer), timeout=5)
+
+        # The person withdraws on a privacy page served by node B (not the recording node).
+        token = node_b.token("privacy-page", "customer-1")
+        started = time.monotonic()
+        status, body = _post(node_b, "/v1/subjects/customer-1/withdraw", token)
+        assert status == 200, body
+        assert body == {"subject": "customer-1", "withdrawn": [granted["jti"]]}
+        state = await agent.next_event(
+            "recording.state", lambda e: not _recorded(e, customer), timeout=5
+        )
+        stop_ms = (time.monotonic() - started) * 1000
+        print(f"withdrawal on node B → recording stopped on node A: {stop_ms:.0f} ms")
+        assert stop_ms < 500
+        assert state["participants"] == []
+        # Withdrawing again withdraws nothing new; someone else may not withdraw it at all.
+        assert _post(node_b, "/v1/subjects/customer-1/withdraw", token)[1]["withdrawn"] == []
+        other = node_b.token("privacy-page", "someone-else")
+        assert _post(node_b, "/v1/subjects/customer-1/withdraw", other)[0] == 403
+        # The shared ledger holds the withdrawal, whichever node is asked.
+        status, export = admin_get(node_a, "/v1/subjects/customer-1/export")
+        assert status == 200
+        kinds = [r["kind"] for r in export["consent_records"]]
+        assert "consent.withdrawn" in kinds and "recording.stopped" in kinds
+    finally:
+        await customer.close()
+        await agent.close()
