@@ -144,6 +144,7 @@ class Server:
         else:
             self.draining = True
             self._drain_deadline = deadline
+            self.placement.draining()
         remaining = self.drain_remaining()
         participants = 0
         for room in self.rooms.all():

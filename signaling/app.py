@@ -58,6 +58,9 @@ async def readyz(request: web.Request) -> web.Response:
             status=503,
             headers={"Retry-After": str(server.retry_after_s())},
         )
+    if server.cluster is not None and not server.cluster.available:
+        # Redis unreachable: joins are refused ("cluster state unavailable"), calls go on.
+        return web.json_response({"status": "cluster state unavailable"}, status=503)
     return web.json_response({"status": "ready"})
 
 

@@ -100,6 +100,7 @@ class ClusterNode:
         self._releases: set[asyncio.Task[None]] = set()
         self._cpu = CpuMeter()
         self.available = False  # False until registered, and while Redis is unreachable
+        self._draining = False
 
     @property
     def interval_s(self) -> float:
@@ -150,6 +151,8 @@ class ClusterNode:
     async def place(self, room_id: str) -> Placement:
         if not self.available:
             raise ClusterUnavailable("cluster state unavailable")
+        if self._draining:
+            raise ClusterUnavailable("this node is draining")
         held = self._claims.get(room_id, 0)
         rooms = self._load().rooms
         claim = await self.state.claim(
@@ -172,6 +175,14 @@ class ClusterNode:
         epoch = self._claims.pop(room_id, None)
         if epoch is not None:
             self._spawn_release(room_id, epoch)
+
+    def draining(self) -> None:
+        """Give up every claim at once: participants told to move (``server.draining``)
+        rejoin through any node, and the first one re-forms the room there. Stragglers
+        still here until they leave do not see the movers (no pipes between nodes)."""
+        self._draining = True
+        for room_id in list(self._claims):
+            self.released(room_id)
 
     def _spawn_release(self, room_id: str, epoch: int) -> None:
         task = asyncio.get_running_loop().create_task(self._release(room_id, epoch))

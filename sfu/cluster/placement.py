@@ -37,6 +37,10 @@ class RoomPlacement(Protocol):
         """This node's last participant of ``room_id`` left: give the claim up."""
         ...
 
+    def draining(self) -> None:
+        """This node is shutting down: give every claim up so its rooms re-form elsewhere."""
+        ...
+
 
 class LocalPlacement:
     """One node, no Redis: every room is hosted here."""
@@ -49,4 +53,7 @@ class LocalPlacement:
         return Placement(room=room_id, node=self.node_id, url=self.url, epoch=0, local=True)
 
     def released(self, room_id: str) -> None:
+        return None
+
+    def draining(self) -> None:
         return None

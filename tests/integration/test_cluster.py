@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -48,6 +49,14 @@ def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[list[ServerProc
     finally:
         for node in started:
             node.stop()
+
+
+def _ready(node: ServerProcess) -> int:
+    try:
+        with urllib.request.urlopen(node.http + "/readyz", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def _node_ids(node: ServerProcess) -> set[str]:
@@ -160,6 +169,29 @@ async def test_a_killed_node_disappears_and_its_room_is_joinable_through_another
 
 
 @pytest.mark.asyncio
+async def test_a_draining_node_gives_its_rooms_up_so_they_re_form_elsewhere(
+    nodes: list[ServerProcess], room: str
+) -> None:
+    node_a, node_b = nodes
+    alice = await Participant.join(node_a.url, node_a.token(room, "alice"))
+    try:
+        node_a.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        await alice.next_event("server.draining", timeout=5)
+        # Alice moves, as told: through node B, which now hosts the room (no redirect back).
+        moved = await Participant.join(node_b.url, node_b.token(room, "alice"))
+        try:
+            assert moved.signal.url == node_b.url
+            status, body = admin_get(node_b, "/v1/rooms")
+            assert status == 200
+            assert [(r["id"], r["node"]) for r in body["rooms"]] == [(room, "node-b")]
+        finally:
+            await moved.close()
+    finally:
+        await alice.close()
+    assert node_a.proc.wait(timeout=10) == 0  # type: ignore[union-attr]
+
+
+@pytest.mark.asyncio
 async def test_redis_down_keeps_calls_refuses_joins_and_resyncs(
     tmp_path: Path, redis_server: RedisServer, room: str
 ) -> None:
@@ -176,6 +208,7 @@ async def test_redis_down_keeps_calls_refuses_joins_and_resyncs(
             assert refused.value.message == "cluster state unavailable"
             status, body = admin_get(node, "/v1/rooms")
             assert status == 500 and body["error"]["message"] == "cluster state unavailable"
+            await wait_for(lambda: _ready(node) == 503, timeout=TTL_S * 2)  # out of the LB
             # The call in progress keeps its media, well past the claim's TTL.
             await asyncio.sleep(TTL_S * 2)
             assert len(await collect(video, 10, timeout=5)) == 10  # type: ignore[arg-type]
@@ -193,6 +226,7 @@ async def test_redis_down_keeps_calls_refuses_joins_and_resyncs(
                 assert client.exists("{sfu-cluster}:node:solo")
             finally:
                 client.close()
+            await wait_for(lambda: _ready(node) == 200, timeout=TTL_S * 2)
             carol = await Participant.join(node.url, node.token(room, "carol"))
             try:
                 tracks = await carol.wait_remote_tracks(1, timeout=15)
