@@ -63,11 +63,14 @@ async def _serve(settings: Settings) -> int:
     keys = KeyStore.open(settings.data_dir)
     tls = _tls(settings)
     context: ssl.SSLContext | None = tls.context if tls is not None else None
+    state = ClusterState.from_url(settings.redis_url) if settings.redis_url else None
+    if state is not None:
+        await state.ping()  # fail fast with a clear message (ClusterUnavailable) when down
     recordings = await RecordingService.open(
         settings.data_dir, keys, settings.issuer, redis_url=settings.redis_url
     )
     server = Server(settings, keys, recordings=recordings)
-    cluster = _cluster(settings, server)
+    cluster = _cluster(state, settings, server)
     runner = web.AppRunner(create_app(server), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=context)
@@ -122,12 +125,12 @@ async def _serve(settings: Settings) -> int:
     return 0
 
 
-def _cluster(settings: Settings, server: Server) -> ClusterNode | None:
+def _cluster(state: ClusterState | None, settings: Settings, server: Server) -> ClusterNode | None:
     """With ``--redis``: this node's cluster membership, installed as the server's placement."""
-    if not settings.redis_url:
+    if state is None:
         return None
     cluster = ClusterNode(
-        ClusterState.from_url(settings.redis_url),
+        state,
         node_id=server.node_id,
         ttl_s=settings.cluster_ttl_s,
         load=server.local_load,

@@ -187,6 +187,10 @@ class ClusterState:
         except (RedisError, OSError, TimeoutError) as exc:
             raise ClusterUnavailable(f"redis: {type(exc).__name__}") from None
 
+    async def ping(self) -> None:
+        """Raise :class:`ClusterUnavailable` unless Redis answers."""
+        await self._call(self.client.ping())
+
     # --- nodes --------------------------------------------------------------------------
 
     async def heartbeat(

@@ -7,6 +7,8 @@ import asyncio
 import json
 import shutil
 import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 import redis
-from helpers.cluster import admin_get, start_node, wait_for
+from helpers.cluster import admin_get, node_args, start_node, wait_for
 from helpers.media import FrameCounterTrack, collect
 from helpers.redis_server import RedisServer
 from helpers.server import ServerProcess
@@ -344,3 +346,29 @@ async def test_a_withdrawal_on_one_node_stops_a_recording_on_another_within_500_
     finally:
         await customer.close()
         await agent.close()
+
+
+def _serve_fails(data_dir: Path, *args: str) -> tuple[int, str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "sfu", "serve", "--port", "0", "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result.returncode, result.stderr
+
+
+def test_a_node_does_not_start_without_redis_or_with_a_live_node_s_id(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    code, stderr = _serve_fails(tmp_path / "down", "--redis", "redis://127.0.0.1:1/0")
+    assert code == 1
+    assert "--redis: cannot join the cluster" in stderr
+    node = start_node(tmp_path, redis_server.url, "taken", ttl_s=TTL_S)
+    try:
+        code, stderr = _serve_fails(tmp_path / "twin", *node_args(redis_server.url, "taken", TTL_S))
+        assert code == 1
+        assert "node id 'taken' is used by another live node" in stderr
+        assert _node_ids(node) == {"taken"}  # the live node is unaffected
+    finally:
+        node.stop()
