@@ -73,6 +73,7 @@ class Server:
         options: dict[str, Any] = {
             "issuer": settings.issuer,
             "worker": self.worker_id,
+            "node": self.node_id if settings.redis_url else None,
             "timeout_s": settings.webhook_timeout_s,
             "retry_max_s": settings.webhook_retry_max_s,
             "queue_size": settings.webhook_queue_size,

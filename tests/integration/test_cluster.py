@@ -22,6 +22,7 @@ from helpers.cluster import admin_get, node_args, start_node, wait_for
 from helpers.media import FrameCounterTrack, collect
 from helpers.redis_server import RedisServer
 from helpers.server import ServerProcess
+from helpers.webhook_receiver import WebhookReceiver
 
 from signaling.client import Participant, SignalClient, SignalError
 
@@ -372,3 +373,46 @@ def test_a_node_does_not_start_without_redis_or_with_a_live_node_s_id(
         assert _node_ids(node) == {"taken"}  # the live node is unaffected
     finally:
         node.stop()
+
+
+WEBHOOK_KEY = "cluster-test-webhook-key-0123456789abcdef"
+
+
+@pytest.mark.asyncio
+async def test_webhooks_of_every_node_go_through_the_shared_queue_once(
+    tmp_path: Path, redis_server: RedisServer, room: str
+) -> None:
+    receiver = await WebhookReceiver(WEBHOOK_KEY).start()
+    hooks = ["--webhook-url", receiver.url, "--webhook-key", WEBHOOK_KEY]
+    started: list[ServerProcess] = []
+    try:
+        for node_id in ("node-a", "node-b"):
+            started.append(
+                start_node(tmp_path, redis_server.url, node_id, ttl_s=TTL_S, extra=hooks)
+            )
+        node_a, node_b = started
+        other = room + "-b"
+        alice = await Participant.join(node_a.url, node_a.token(room, "alice"))
+        bob = await Participant.join(node_b.url, node_b.token(room, "bob"))  # redirected to A
+        carol = await Participant.join(node_b.url, node_b.token(other, "carol"))
+        for participant in (alice, bob, carol):
+            await participant.close()
+        await receiver.wait_for(10, timeout=15)
+        await asyncio.sleep(0.5)  # nothing more (no duplicate) arrives
+        assert len(receiver.ids) == len(set(receiver.ids)) == 10
+        seen = {(e["room"]["id"], e["event"], e["node"]) for e in receiver.events()}
+        assert seen == {
+            (room, "room_started", "node-a"),
+            (room, "participant_joined", "node-a"),
+            (room, "participant_left", "node-a"),
+            (room, "room_finished", "node-a"),
+            (other, "room_started", "node-b"),
+            (other, "participant_joined", "node-b"),
+            (other, "participant_left", "node-b"),
+            (other, "room_finished", "node-b"),
+        }
+        assert receiver.rejected == []
+    finally:
+        for node in started:
+            node.stop()
+        await receiver.stop()
