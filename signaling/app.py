@@ -11,7 +11,7 @@ from signaling.cluster_api import setup_cluster_api
 from signaling.http_api import setup_http_api
 from signaling.messages import MAX_FRAME_BYTES
 from signaling.metrics import METRICS_CONTENT_TYPE, render_metrics
-from signaling.pages import setup_pages
+from signaling.pages import CONNECT_SOURCES, setup_pages
 from signaling.recordings_api import setup_recordings_api
 from signaling.session import SignalSession
 
@@ -82,6 +82,8 @@ def create_app(server: Server) -> web.Application:
     setup_recordings_api(app, server)
     setup_cluster_api(app, server)
     setup_pages(app)
+    # Pages may follow `redirect` to any node of the cluster: allow their WebSockets (CSP).
+    app[CONNECT_SOURCES] = lambda: server.cluster.node_urls if server.cluster is not None else ()
 
     async def close_server(app: web.Application) -> AsyncIterator[None]:
         yield

@@ -100,6 +100,7 @@ class ClusterNode:
         self._releases: set[asyncio.Task[None]] = set()
         self._cpu = CpuMeter()
         self.available = False  # False until registered, and while Redis is unreachable
+        self.node_urls: tuple[str, ...] = ()  # every live node's URL, as of the last heartbeat
         self._draining = False
 
     @property
@@ -223,6 +224,7 @@ class ClusterNode:
             load=current.describe(self._cpu.read()),
             workers=len(self.worker_ids),
         )
+        self.node_urls = tuple(node.url for node in await self.state.nodes() if node.url)
         held = [
             HeldRoom(room, epoch, current.rooms.get(room, 0), self.worker_ids)
             for room, epoch in self._claims.items()
