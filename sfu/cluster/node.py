@@ -101,6 +101,10 @@ class ClusterNode:
         self._cpu = CpuMeter()
         self.available = False  # False until registered, and while Redis is unreachable
         self.node_urls: tuple[str, ...] = ()  # every live node's URL, as of the last heartbeat
+        # Totals for /metrics.
+        self.redirects = 0
+        self.rooms_lost = 0
+        self.rooms_reclaimed = 0
         self._draining = False
 
     @property
@@ -168,6 +172,8 @@ class ClusterNode:
         local = claim.node == self.node_id
         if local:
             self._claims[room_id] = claim.epoch
+        else:
+            self.redirects += 1
         return Placement(
             room=room_id, node=claim.node, url=claim.url, epoch=claim.epoch, local=local
         )
@@ -237,10 +243,12 @@ class ClusterNode:
                 continue
             if epoch > 0:
                 if epoch != self._claims[room]:
+                    self.rooms_reclaimed += 1
                     log.info("cluster_room_reclaimed", room=room, epoch=epoch)
                 self._claims[room] = epoch
                 continue
             del self._claims[room]
+            self.rooms_lost += 1
             try:
                 holder = await self.state.holder(room)
             except ClusterUnavailable:

@@ -124,6 +124,11 @@ async def test_a_join_on_another_node_is_redirected_and_media_flows(
             assert body["rooms"] == [
                 {"id": room, "node": "node-a", "workers": ["0"], "participants": 2}
             ]
+            samples = node_b.metrics()
+            assert samples['sfu_cluster_redirects_total{node="node-b"}'] == 2  # probe and bob
+            assert samples['sfu_cluster_available{node="node-b"}'] == 1
+            assert samples['sfu_cluster_nodes{node="node-b"}'] == 2
+            assert node_a.metrics()['sfu_cluster_rooms_claimed{node="node-a"}'] == 1
             # The listing needs the admin grant.
             status, body = admin_get(node_a, "/v1/rooms", grants=("publish",))
             assert status == 403 and body["error"]["code"] == "forbidden"
@@ -212,6 +217,7 @@ async def test_redis_down_keeps_calls_refuses_joins_and_resyncs(
             status, body = admin_get(node, "/v1/rooms")
             assert status == 500 and body["error"]["message"] == "cluster state unavailable"
             await wait_for(lambda: _ready(node) == 503, timeout=TTL_S * 2)  # out of the LB
+            assert node.metrics()['sfu_cluster_available{node="solo"}'] == 0
             # The call in progress keeps its media, well past the claim's TTL.
             await asyncio.sleep(TTL_S * 2)
             assert len(await collect(video, 10, timeout=5)) == 10  # type: ignore[arg-type]
@@ -230,6 +236,7 @@ async def test_redis_down_keeps_calls_refuses_joins_and_resyncs(
             finally:
                 client.close()
             await wait_for(lambda: _ready(node) == 200, timeout=TTL_S * 2)
+            assert node.metrics()['sfu_cluster_rooms_reclaimed_total{node="solo"}'] == 1
             carol = await Participant.join(node.url, node.token(room, "carol"))
             try:
                 tracks = await carol.wait_remote_tracks(1, timeout=15)
@@ -266,6 +273,7 @@ async def test_a_node_whose_claim_was_overtaken_evicts_its_participants(
                 assert error["code"] == "conflict"
                 assert error["url"] == "ws://127.0.0.1:9/v1/signal"
                 assert await alice.signal.wait_closed(timeout=5) == 1012
+                assert node.metrics()['sfu_cluster_rooms_lost_total{node="stale"}'] == 1
                 # The stale node holds nothing any more; the new holder's claim is intact.
                 assert client.hget("{sfu-cluster}:room:" + room, "node") == b"elsewhere"
                 status, body = admin_get(node, "/v1/rooms")
