@@ -171,7 +171,8 @@ class ClusterNode:
         )
         local = claim.node == self.node_id
         if local:
-            self._claims[room_id] = claim.epoch
+            # Epochs only grow: of two joins placing one room at once, the later claim wins.
+            self._claims[room_id] = max(claim.epoch, self._claims.get(room_id, 0))
         else:
             self.redirects += 1
         return Placement(
@@ -236,13 +237,17 @@ class ClusterNode:
             for room, epoch in self._claims.items()
         ]
         epochs = await self.state.refresh(held, node=self.node_id, url=self.url, ttl_s=self.ttl_s)
+        sent = {h.room: h.epoch for h in held}
         for room, epoch in epochs.items():
-            if room not in self._claims:
+            mine = self._claims.get(room)
+            if mine is None:
                 if epoch > 0:  # released while the refresh ran (and perhaps re-taken by it)
                     self._spawn_release(room, epoch)
                 continue
+            if mine != sent[room]:
+                continue  # a join re-placed the room meanwhile: its answer is the newer one
             if epoch > 0:
-                if epoch != self._claims[room]:
+                if epoch != mine:
                     self.rooms_reclaimed += 1
                     log.info("cluster_room_reclaimed", room=room, epoch=epoch)
                 self._claims[room] = epoch

@@ -11,7 +11,7 @@ from helpers.redis_server import RedisServer
 
 from sfu.cluster.node import ClusterNode, LocalLoad
 from sfu.cluster.placement import ClusterUnavailable, LocalPlacement
-from sfu.cluster.state import PREFIX, ClusterState, HeldRoom, NodeIdInUse
+from sfu.cluster.state import PREFIX, ClusterState, HeldRoom, NodeIdInUse, RoomClaim
 
 assert shutil.which("redis-server"), "redis-server is missing: scripts/test installs it"
 
@@ -189,3 +189,57 @@ async def test_the_node_places_rooms_and_evicts_a_lost_one(
 async def test_without_redis_every_room_is_local() -> None:
     placement = await LocalPlacement("solo").place("any-room")
     assert placement.local and placement.node == "solo"
+
+
+async def test_concurrent_joins_on_one_node_never_fence_the_node_out(
+    state: ClusterState, redis_server: RedisServer
+) -> None:
+    evicted: list[str] = []
+    node = ClusterNode(
+        ClusterState.from_url(redis_server.url),
+        node_id="a",
+        ttl_s=0.3,
+        load=lambda: LocalLoad(rooms={"r1": 5}, tracks=0),
+        evict=lambda room, url: evicted.append(room),
+    )
+    node.set_url("ws://a/v1/signal")
+    await node.start()
+    try:
+        for _ in range(5):  # bursts of joins for one new room, with heartbeats in between
+            placements = await asyncio.gather(*(node.place("r1") for _ in range(10)))
+            assert all(p.local for p in placements)
+            await asyncio.sleep(0.25)
+        holder = await state.holder("r1")
+        assert holder is not None and node.held() == {"r1": holder.epoch}
+        assert evicted == []
+    finally:
+        await node.stop()
+
+
+class _ReorderingState(ClusterState):
+    """Claims answered in reverse order: the newer epoch arrives first."""
+
+    def __init__(self) -> None:
+        self.answers: list[asyncio.Future[RoomClaim]] = []
+
+    async def claim(self, room: str, **_: object) -> RoomClaim:
+        future: asyncio.Future[RoomClaim] = asyncio.get_running_loop().create_future()
+        self.answers.append(future)
+        return await future
+
+
+async def test_an_older_claim_answer_arriving_last_does_not_replace_the_newer_epoch() -> None:
+    fake = _ReorderingState()
+    node = ClusterNode(
+        fake, node_id="a", ttl_s=3, load=lambda: LocalLoad({}, 0), evict=lambda r, u: None
+    )
+    node.available = True
+    first = asyncio.ensure_future(node.place("r1"))
+    second = asyncio.ensure_future(node.place("r1"))
+    while len(fake.answers) < 2:
+        await asyncio.sleep(0)
+    fake.answers[1].set_result(RoomClaim("a", "ws://a", 8))  # the later claim, epoch 8
+    await second
+    fake.answers[0].set_result(RoomClaim("a", "ws://a", 7))  # the earlier one, answered last
+    await first
+    assert node.held() == {"r1": 8}  # else the next heartbeat would fence this node out
