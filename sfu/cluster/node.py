@@ -217,6 +217,9 @@ class ClusterNode:
                     log.warning("cluster_state_unavailable", node=self.node_id, error=str(exc))
                 self.available = False
                 continue
+            except Exception:  # a bug must not stop the heartbeat: the node would vanish
+                log.exception("cluster_heartbeat_failed", node=self.node_id)
+                continue
             if not self.available:
                 log.info("cluster_state_recovered", node=self.node_id, rooms=len(self._claims))
             self.available = True
