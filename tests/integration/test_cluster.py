@@ -151,7 +151,7 @@ async def test_a_killed_node_disappears_and_its_room_is_joinable_through_another
         node_a.proc.wait(timeout=5)  # type: ignore[union-attr]
         killed = time.monotonic()
         gone = await wait_for(lambda: _node_ids(node_b) == {"node-b"}, timeout=TTL_S + 5)
-        assert gone <= TTL_S + 1.0
+        assert gone <= TTL_S + 2.5  # the TTL, plus scheduling slack on a busy machine
         # The same join, through node B: node B now hosts the room (no redirect to a dead node).
         carol = await Participant.join(
             node_b.url, node_b.token(room, "carol"), publish_tracks=[FrameCounterTrack()]
@@ -159,7 +159,7 @@ async def test_a_killed_node_disappears_and_its_room_is_joinable_through_another
         joinable = time.monotonic() - killed
         try:
             assert carol.signal.url == node_b.url
-            assert joinable < TTL_S + 3.0
+            assert joinable < TTL_S + 6.0
             dave = await Participant.join(node_b.url, node_b.token(room, "dave"))
             try:
                 tracks = await dave.wait_remote_tracks(1, timeout=15)
