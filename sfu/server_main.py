@@ -136,6 +136,7 @@ def _cluster(state: ClusterState | None, settings: Settings, server: Server) -> 
         load=server.local_load,
         evict=server.evict_room,
         worker_ids=(server.worker_id,),
+        policy=settings.placement,
     )
     server.placement = server.cluster = cluster
     return cluster

@@ -44,6 +44,7 @@ redis_url                SFU_REDIS_URL           --redis               none (clu
 node_id                  SFU_NODE_ID             --node-id             <hostname>-<pid>
 public_url               SFU_PUBLIC_URL          --public-url          ws(s)://host:port/v1/signal
 cluster_ttl_s            SFU_CLUSTER_TTL         --cluster-ttl         3 (node and room claim TTL)
+placement                SFU_PLACEMENT           --placement           local (or least-loaded)
 drain_deadline_s         SFU_DRAIN_DEADLINE      --drain-deadline      300
 max_message_bytes        -                       -                     65536
 subscriber_queue_bytes   -                       -                     262144 (256 KiB)
@@ -69,6 +70,7 @@ __all__ = [
     "LOG_FORMATS",
     "LOG_LEVELS",
     "OPTIONS",
+    "PLACEMENTS",
     "IceServer",
     "Option",
     "Settings",
@@ -83,6 +85,7 @@ DEFAULT_DATA_DIR = Path("sfu-data")
 DEFAULT_ISSUER = "oktorus-sfu"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("auto", "json", "console")
+PLACEMENTS = ("local", "least-loaded")
 
 _MAX_LEEWAY_S = 300.0
 _MAX_PRODUCER_TIMEOUT_S = 3600.0
@@ -573,6 +576,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("cluster_ttl_s", "SFU_CLUSTER_TTL", "--cluster-ttl", "SECONDS",
            "a node and its room claims vanish this long after its last heartbeat (default 3; "
            "heartbeats every third of it)", _parse_float, _check_cluster_ttl),
+    Option("placement", "SFU_PLACEMENT", "--placement", "POLICY",
+           "where a new room goes: 'local' (the node its first join reaches) or "
+           "'least-loaded' (the live node with the fewest participants and tracks; the "
+           "join is redirected there) (default local)",
+           _parse_lower, _check_choice(PLACEMENTS)),
     Option("drain_deadline_s", "SFU_DRAIN_DEADLINE", "--drain-deadline", "SECONDS",
            "on SIGTERM, wait at most this long for participants to leave (default 300; "
            "SIGINT waits at most 5)", _parse_float, _check_drain_deadline),
@@ -629,6 +637,7 @@ class Settings:
     node_id: str | None = None
     public_url: str | None = None
     cluster_ttl_s: float = 3.0
+    placement: str = "local"
     drain_deadline_s: float = 300.0
     max_message_bytes: int = 65536
     subscriber_queue_bytes: int = 256 * 1024
@@ -730,6 +739,7 @@ class Settings:
             "node_id": self.node_id,
             "public_url": self.public_url,
             "cluster_ttl_s": self.cluster_ttl_s,
+            "placement": self.placement,
             "drain_deadline_s": self.drain_deadline_s,
             "max_message_bytes": self.max_message_bytes,
             "subscriber_queue_bytes": self.subscriber_queue_bytes,

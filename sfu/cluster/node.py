@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import structlog
 
 from sfu.cluster.placement import ClusterUnavailable, Placement
-from sfu.cluster.state import ClusterState, HeldRoom, NodeIdInUse
+from sfu.cluster.state import ClusterState, HeldRoom, NodeIdInUse, NodeRecord
 
 __all__ = ["ClusterNode", "CpuMeter", "LocalLoad", "default_node_id"]
 
@@ -86,12 +86,16 @@ class ClusterNode:
         load: LoadSource,
         evict: EvictCallback,
         worker_ids: tuple[str, ...] = ("0",),
+        policy: str = "local",
     ) -> None:
         self.state = state
         self.node_id = node_id
         self.url = ""  # set_url() once the listening port is known
         self.ttl_s = ttl_s
         self.worker_ids = worker_ids
+        self.policy = policy  # "local" or "least-loaded" (see place())
+        self._peers: list[NodeRecord] = []  # other live nodes, as of the last heartbeat
+        self._offers: dict[str, int] = {}  # rooms sent to each node since that heartbeat
         self._load = load
         self._evict = evict
         self._instance = secrets.token_hex(8)
@@ -159,16 +163,20 @@ class ClusterNode:
         if self._draining:
             raise ClusterUnavailable("this node is draining")
         held = self._claims.get(room_id, 0)
-        rooms = self._load().rooms
+        load = self._load()
+        target = self._least_loaded(load) if self.policy == "least-loaded" and not held else None
         claim = await self.state.claim(
             room_id,
-            node=self.node_id,
-            url=self.url,
+            node=target.id if target is not None else self.node_id,
+            url=target.url if target is not None else self.url,
             ttl_s=self.ttl_s,
             held_epoch=held,
-            participants=rooms.get(room_id, 0),
+            participants=load.rooms.get(room_id, 0),
             workers=self.worker_ids,
+            offer=target is not None,
         )
+        if target is not None and claim.node == target.id:
+            self._offers[target.id] = self._offers.get(target.id, 0) + 1
         local = claim.node == self.node_id
         if local:
             # Epochs only grow: of two joins placing one room at once, the later claim wins.
@@ -178,6 +186,19 @@ class ClusterNode:
         return Placement(
             room=room_id, node=claim.node, url=claim.url, epoch=claim.epoch, local=local
         )
+
+    def _least_loaded(self, load: LocalLoad) -> NodeRecord | None:
+        """The live node with the fewest participants and tracks, if not this one (a tie
+        keeps the room here). Rooms already sent to a node since the last heartbeat count
+        as one participant each, so a burst of new rooms spreads."""
+        own = sum(load.rooms.values()) + load.tracks
+        best: NodeRecord | None = None
+        best_score = own
+        for peer in self._peers:
+            score = _score(peer.load) + self._offers.get(peer.id, 0)
+            if score < best_score and peer.url:
+                best, best_score = peer, score
+        return best
 
     def released(self, room_id: str) -> None:
         epoch = self._claims.pop(room_id, None)
@@ -234,7 +255,10 @@ class ClusterNode:
             load=current.describe(self._cpu.read()),
             workers=len(self.worker_ids),
         )
-        self.node_urls = tuple(node.url for node in await self.state.nodes() if node.url)
+        nodes = await self.state.nodes()
+        self.node_urls = tuple(node.url for node in nodes if node.url)
+        self._peers = [node for node in nodes if node.id != self.node_id]
+        self._offers.clear()
         held = [
             HeldRoom(room, epoch, current.rooms.get(room, 0), self.worker_ids)
             for room, epoch in self._claims.items()
@@ -268,3 +292,13 @@ class ClusterNode:
                 epoch=holder.epoch if holder else None,
             )
             self._evict(room, holder.url if holder and holder.node != self.node_id else None)
+
+
+def _score(load: dict[str, object]) -> int:
+    """Participants plus tracks of a node's heartbeat ``load`` (0 for what is missing)."""
+    total = 0
+    for key in ("participants", "tracks"):
+        value = load.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            total += value
+    return total

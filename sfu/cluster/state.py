@@ -36,11 +36,12 @@ PREFIX = "{sfu-cluster}:"
 _T = TypeVar("_T")
 
 # KEYS: room key, epoch counter, rooms set. ARGV: node, url, ttl_ms, held epoch, room id,
-# participants, workers (JSON), node key prefix. Returns {node, url, epoch} of the holder
-# after the call. A claim whose node's record expired (the node died) is free at once.
+# participants, workers (JSON), node key prefix, offer ('1': claiming for another node, so
+# any live holder, that node included, is left as it is). Returns {node, url, epoch} of the
+# holder after the call. A claim whose node's record expired (the node died) is free at once.
 _CLAIM = """
 local cur = redis.call('HGET', KEYS[1], 'node')
-if cur and cur ~= ARGV[1] and redis.call('EXISTS', ARGV[8] .. cur) == 1 then
+if cur and (cur ~= ARGV[1] or ARGV[9] == '1') and redis.call('EXISTS', ARGV[8] .. cur) == 1 then
   return {cur, redis.call('HGET', KEYS[1], 'url'), tonumber(redis.call('HGET', KEYS[1], 'epoch'))}
 end
 if cur and tonumber(redis.call('HGET', KEYS[1], 'epoch')) == tonumber(ARGV[4]) then
@@ -240,18 +241,20 @@ class ClusterState:
 
     async def claim(
         self, room: str, *, node: str, url: str, ttl_s: float, held_epoch: int,
-        participants: int = 0, workers: Sequence[str] = (),
+        participants: int = 0, workers: Sequence[str] = (), offer: bool = False,
     ) -> RoomClaim:  # fmt: skip
         """Claim ``room`` for ``node`` unless another node holds it; the holder afterwards.
 
         ``held_epoch`` is the epoch this node believes it holds (0: none): only that epoch
-        is refreshed; otherwise a claim of this node is renewed with a new epoch.
+        is refreshed; otherwise a claim of this node is renewed with a new epoch. With
+        ``offer`` the claim is made on behalf of another ``node`` (least-loaded placement):
+        a live holder, whoever it is, is returned unchanged.
         """
         result = await self._call(
             self._claim(
                 keys=[f"{PREFIX}room:{room}", f"{PREFIX}epoch", f"{PREFIX}rooms"],
                 args=[node, url, _ms(ttl_s), held_epoch, room, participants,
-                      json.dumps(list(workers)), f"{PREFIX}node:"],
+                      json.dumps(list(workers)), f"{PREFIX}node:", "1" if offer else "0"],
             )
         )  # fmt: skip
         holder, holder_url, epoch = result

@@ -141,6 +141,44 @@ async def test_a_join_on_another_node_is_redirected_and_media_flows(
 
 
 @pytest.mark.asyncio
+async def test_least_loaded_placement_sends_a_new_room_to_the_idle_node(
+    tmp_path: Path, redis_server: RedisServer, room: str
+) -> None:
+    policy = ["--placement", "least-loaded"]
+    started: list[ServerProcess] = []
+    try:
+        for node_id in ("node-a", "node-b"):
+            started.append(
+                start_node(tmp_path, redis_server.url, node_id, ttl_s=TTL_S, extra=policy)
+            )
+        node_a, node_b = started
+        # Loads are compared as of the last heartbeat: wait until node A has seen node B.
+        await wait_for(lambda: node_a.metrics()['sfu_cluster_nodes{node="node-a"}'] == 2, timeout=5)
+        alice = await Participant.join(node_a.url, node_a.token(room, "alice"))
+        bob = await Participant.join(node_a.url, node_a.token(room, "bob"))
+        try:
+            assert alice.signal.url == bob.signal.url == node_a.url  # a tie stays local
+            # Node A now has two participants, node B none: a new room goes to node B.
+            carol = await Participant.join(node_a.url, node_a.token(room + "-2", "carol"))
+            try:
+                assert carol.signal.url == node_b.url
+                status, body = admin_get(node_a, "/v1/rooms")
+                assert status == 200
+                assert {(r["id"], r["node"]) for r in body["rooms"]} == {
+                    (room, "node-a"),
+                    (room + "-2", "node-b"),
+                }
+            finally:
+                await carol.close()
+        finally:
+            await alice.close()
+            await bob.close()
+    finally:
+        for node in started:
+            node.stop()
+
+
+@pytest.mark.asyncio
 async def test_a_killed_node_disappears_and_its_room_is_joinable_through_another(
     nodes: list[ServerProcess], room: str
 ) -> None:

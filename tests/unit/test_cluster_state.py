@@ -243,3 +243,49 @@ async def test_an_older_claim_answer_arriving_last_does_not_replace_the_newer_ep
     fake.answers[0].set_result(RoomClaim("a", "ws://a", 7))  # the earlier one, answered last
     await first
     assert node.held() == {"r1": 8}  # else the next heartbeat would fence this node out
+
+
+async def test_an_offer_for_another_node_never_renews_a_live_claim(state: ClusterState) -> None:
+    await _alive(state, "a")
+    await _alive(state, "b")
+    # Free: the room is claimed for node b (least-loaded placement decided on node a).
+    offered = await state.claim("r1", node="b", url="ws://b", ttl_s=TTL, held_epoch=0, offer=True)
+    assert offered.node == "b" and offered.epoch > 0
+    # Offered again (another join meanwhile): node b's claim and epoch stay as they are.
+    again = await state.claim("r1", node="b", url="ws://b", ttl_s=TTL, held_epoch=0, offer=True)
+    assert again == offered
+    # Node b's own join adopts it; without `offer` a node renews its own claim.
+    assert await state.refresh(
+        [HeldRoom("r1", offered.epoch, 1, ("0",))], node="b", url="ws://b", ttl_s=TTL
+    ) == {"r1": offered.epoch}
+
+
+async def test_least_loaded_placement_sends_a_new_room_to_the_idle_node(
+    state: ClusterState, redis_server: RedisServer
+) -> None:
+    await state.heartbeat(node="idle", instance="i", url="ws://idle", ttl_s=TTL,
+                          load={"participants": 1, "tracks": 0}, workers=1)  # fmt: skip
+    busy = {"r0": 3}
+    node = ClusterNode(
+        ClusterState.from_url(redis_server.url),
+        node_id="busy",
+        ttl_s=3,
+        load=lambda: LocalLoad(rooms=dict(busy), tracks=2),
+        evict=lambda room, url: None,
+        policy="least-loaded",
+    )
+    node.set_url("ws://busy")
+    await node.start()
+    try:
+        first = await node.place("r1")
+        assert (first.local, first.node, first.url) == (False, "idle", "ws://idle")
+        # Rooms sent there since the last heartbeat count: the idle node fills up to par.
+        placed = [await node.place(f"r{i}") for i in range(2, 8)]
+        assert [p.node for p in placed].count("idle") == 3
+        assert all(p.node == "busy" for p in placed[3:])
+        # A placed room stays where it is, whatever the loads now.
+        assert (await node.place("r2")).node == "idle"
+        again = await node.place("r5")
+        assert again.local and again.epoch == placed[3].epoch
+    finally:
+        await node.stop()

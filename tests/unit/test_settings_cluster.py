@@ -20,13 +20,16 @@ def build(*argv: str, **env: str) -> Settings:
 def test_defaults_leave_the_node_unclustered() -> None:
     settings = Settings()
     assert (settings.node_id, settings.public_url, settings.cluster_ttl_s) == (None, None, 3.0)
+    assert settings.placement == "local"
 
 
 def test_flags_and_variables() -> None:
     settings = build(
         "--redis", REDIS, "--node-id", "sfu-1.eu:a", "--public-url",
-        "wss://sfu-1.example.org/v1/signal", "--cluster-ttl", "1.5",
+        "wss://sfu-1.example.org/v1/signal", "--cluster-ttl", "1.5", "--placement",
+        "Least-Loaded",
     )  # fmt: skip
+    assert settings.placement == "least-loaded"
     assert settings.node_id == "sfu-1.eu:a"
     assert settings.public_url == "wss://sfu-1.example.org/v1/signal"
     assert settings.cluster_ttl_s == 1.5
@@ -50,6 +53,8 @@ def test_flags_and_variables() -> None:
         (["--redis", REDIS], {"SFU_PUBLIC_URL": "ftp://a"}, "SFU_PUBLIC_URL"),
         (["--redis", REDIS, "--cluster-ttl", "0.5"], {}, "--cluster-ttl"),
         (["--redis", REDIS, "--cluster-ttl", "soon"], {}, "--cluster-ttl"),
+        (["--redis", REDIS, "--placement", "random"], {}, "--placement"),
+        (["--redis", REDIS], {"SFU_PLACEMENT": "round-robin"}, "SFU_PLACEMENT"),
     ],
 )
 def test_bad_values_name_the_flag(argv: list[str], env: dict[str, str], names: str) -> None:
