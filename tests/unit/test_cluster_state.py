@@ -150,7 +150,7 @@ async def test_the_node_places_rooms_and_evicts_a_lost_one(
     node = ClusterNode(
         ClusterState.from_url(redis_server.url),
         node_id="a",
-        ttl_s=0.3,
+        ttl_s=0.6,
         load=lambda: LocalLoad(rooms=dict(hosted), tracks=0),
         evict=lambda room, url: evicted.append((room, url)),
     )
@@ -166,7 +166,7 @@ async def test_the_node_places_rooms_and_evicts_a_lost_one(
     await state.client.hset(
         f"{PREFIX}room:r1", mapping={"node": "b", "url": "ws://b/v1/signal", "epoch": 10**6}
     )
-    for _ in range(40):
+    for _ in range(100):
         if evicted:
             break
         await asyncio.sleep(0.05)
@@ -177,7 +177,7 @@ async def test_the_node_places_rooms_and_evicts_a_lost_one(
     # Releasing a room this node hosts deletes its claim (and nothing else's).
     own = await node.place("r2")
     node.released("r2")
-    for _ in range(40):
+    for _ in range(100):
         if await state.holder("r2") is None:
             break
         await asyncio.sleep(0.05)
@@ -198,7 +198,7 @@ async def test_concurrent_joins_on_one_node_never_fence_the_node_out(
     node = ClusterNode(
         ClusterState.from_url(redis_server.url),
         node_id="a",
-        ttl_s=0.3,
+        ttl_s=1.5,  # heartbeats every 0.5 s: several during the bursts, even on a busy machine
         load=lambda: LocalLoad(rooms={"r1": 5}, tracks=0),
         evict=lambda room, url: evicted.append(room),
     )
@@ -208,7 +208,7 @@ async def test_concurrent_joins_on_one_node_never_fence_the_node_out(
         for _ in range(5):  # bursts of joins for one new room, with heartbeats in between
             placements = await asyncio.gather(*(node.place("r1") for _ in range(10)))
             assert all(p.local for p in placements)
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.4)
         holder = await state.holder("r1")
         assert holder is not None and node.held() == {"r1": holder.epoch}
         assert evicted == []
@@ -236,8 +236,11 @@ async def test_an_older_claim_answer_arriving_last_does_not_replace_the_newer_ep
     node.available = True
     first = asyncio.ensure_future(node.place("r1"))
     second = asyncio.ensure_future(node.place("r1"))
-    while len(fake.answers) < 2:
+    for _ in range(1000):  # both claims sent (bounded)
+        if len(fake.answers) == 2:
+            break
         await asyncio.sleep(0)
+    assert len(fake.answers) == 2
     fake.answers[1].set_result(RoomClaim("a", "ws://a", 8))  # the later claim, epoch 8
     await second
     fake.answers[0].set_result(RoomClaim("a", "ws://a", 7))  # the earlier one, answered last
