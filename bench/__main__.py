@@ -29,6 +29,7 @@ from bench.fanout import (
     meeting_layout,
     run_sizes,
 )
+from bench.impairments import LinkRule, parse_rule
 from bench.joinstorm import JoinStormFigures, run_join_storm
 from bench.media import encode_audio_clip, encode_video_clip
 from bench.report import (
@@ -129,6 +130,38 @@ def _default_server_cpu() -> int | None:
 
 
 _kbps = _int_in(100, 5000)
+MAX_GENERATORS = 16
+
+
+def _generators(text: str) -> int:
+    """``auto`` → 0 (planned per run), else 1..16 processes."""
+    if text == "auto":
+        return 0
+    return _int_in(1, MAX_GENERATORS)(text)
+
+
+def _impair_rule(text: str) -> LinkRule:
+    try:
+        return parse_rule(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _generators_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--impair", type=_impair_rule, action="append", default=[],
+        metavar="GROUP[.send|.receive]:SPEC",
+        help="impair a client group's links below SRTP, e.g. subscribers:loss=5 or "
+        "publishers.send:delay=40,jitter=10 (GROUP: publishers, subscribers, all; SPEC keys: "
+        "loss, burst, delay, jitter, reorder, rate, queue, seed); repeatable",
+    )
+    parser.add_argument(
+        "--generators", type=_generators, default=1, metavar="N|auto",
+        help="generator processes: 1 (default) runs every peer in this process; N > 1 "
+        "spreads publishers and subscribers over N worker processes (oktorus target); "
+        "auto: enough that none is predicted above 70%% of a core, at most the CPUs "
+        "not used by the server",
+    )
 
 
 def _common_arguments(parser: argparse.ArgumentParser, *, window: bool = True) -> None:
@@ -172,6 +205,7 @@ def _fanout_arguments(parser: argparse.ArgumentParser) -> None:
                         help="VP8 640x360@30 target bitrate (default 900)")
     parser.add_argument("--probes", type=_int_in(0, 20), default=3, metavar="K",
                         help="join → first decoded frame probes per run (default 3)")
+    _generators_argument(parser)
     _common_arguments(parser)
 
 
@@ -180,6 +214,7 @@ def _meeting_arguments(parser: argparse.ArgumentParser) -> None:
                         help="participants per meeting (default 4; Nx(N-1) streams)")
     parser.add_argument("--video-kbps", type=_kbps, default=900, metavar="K",
                         help="VP8 640x360@30 target bitrate (default 900)")
+    _generators_argument(parser)
     _common_arguments(parser)
 
 
@@ -188,6 +223,7 @@ def _audio_rooms_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rooms (default 10; several values give the marginal cost)")
     parser.add_argument("--participants", type=_int_in(2, 10), default=4, metavar="P",
                         help="participants per room, each publishing Opus (default 4)")
+    _generators_argument(parser)
     _common_arguments(parser)
 
 
@@ -320,7 +356,11 @@ def _run_layouts(
 ) -> ScenarioResult:
     generator_cpus = _pin_generator(args.server_cpu, args.pin_generator)
     factories, unavailable = _factories(args.targets, args.server_cpu)
-    options = RunOptions(duration_s=args.duration, warmup_s=args.warmup, probes=probes)
+    options = RunOptions(
+        duration_s=args.duration, warmup_s=args.warmup, probes=probes,
+        generators=getattr(args, "generators", 1),
+        impair=tuple(getattr(args, "impair", ())),
+    )
     result, loop_name = _run_loop(
         run_sizes(scenario, layouts, factories, clips, options, unavailable)
     )

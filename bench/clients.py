@@ -76,7 +76,7 @@ async def join_counting_subscriber(url: str, token: str, timeout: float) -> Coun
     """Join, then tap the subscribe PC as soon as it exists: received RTP is counted and
     swallowed (no jitter buffer, no decoder)."""
     started = time.perf_counter()
-    participant = await Participant.join(url, token, timeout=timeout)
+    participant = await Participant.join(url, token, timeout=timeout, renack=False)
     try:
         counter = PacketCounter()
         deadline = time.monotonic() + timeout

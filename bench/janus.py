@@ -56,7 +56,7 @@ from bench.procfs import (
     read_rss_bytes,
 )
 from bench.target import PacketCounters, Peer, RtpTap, install_subscriber_tap
-from signaling.client import rtc_configuration
+from signaling.client import Impairment, impair_peer_connection, rtc_configuration
 
 __all__ = ["JanusServer", "janus_configs", "unavailable_reason"]
 
@@ -321,11 +321,14 @@ class JanusServer:
         tap: RtpTap | None = None,
         swallow: bool = True,
         timeout: float = REQUEST_TIMEOUT_S,
+        impair_send: Impairment | None = None,
+        impair_receive: Impairment | None = None,
     ) -> JanusPeer:
         room_id = self._room_ids.get(room)
         if room_id is None:
             raise RuntimeError(f"open_room({room!r}) first")
         peer = JanusPeer(identity, room_id, tap, swallow, timeout)
+        peer.impair = (impair_send, impair_receive)
         try:
             async with asyncio.timeout(timeout):
                 await peer.start(self.ws_url, tracks, subscribe)
@@ -471,6 +474,8 @@ class JanusPeer(Peer):
         self._tasks: set[asyncio.Task[None]] = set()
         self._publisher_up = asyncio.Event()
         self._subscribe_wanted = False
+        self.impair: tuple[Impairment | None, Impairment | None] = (None, None)
+        self._subscribe_impaired = False
 
     async def start(
         self, url: str, tracks: Sequence[MediaStreamTrack], subscribe: bool
@@ -492,6 +497,7 @@ class JanusPeer(Peer):
             for track in tracks:
                 pc.addTransceiver(track, direction="sendonly")
             await pc.setLocalDescription(await pc.createOffer())
+            impair_peer_connection(pc, *self.impair, stream=0)
             reply = await session.message(
                 self._publisher,
                 {"request": "configure", "audio": True, "video": True},
@@ -562,6 +568,9 @@ class JanusPeer(Peer):
             if self._tap is not None and not self.tapped:
                 install_subscriber_tap(self, self._tap, self._swallow)
             await pc.setLocalDescription(await pc.createAnswer())
+            if not self._subscribe_impaired:
+                self._subscribe_impaired = True
+                impair_peer_connection(pc, *self.impair, stream=2)
             await session.message(
                 self._subscriber, {"request": "start"}, _local_jsep(pc), wait_event=True
             )

@@ -41,12 +41,20 @@ def _git_revision() -> str:
     env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")
     try:
         head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-            timeout=5, check=True, env=env,
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+            env=env,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-            text=True, timeout=5, check=True, env=env,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+            env=env,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "-"
@@ -93,7 +101,9 @@ def _loss(run: RunFigures) -> str:
     loss = run.loss
     if loss is None:
         return "-"
-    return f"{loss * 100:.2f} % (worst {run.worst_subscriber_loss * 100:.2f} %)"
+    video = run.video_loss
+    video_text = "" if video is None else f"; video {video * 100:.2f} %"
+    return f"{loss * 100:.2f} % (worst {run.worst_subscriber_loss * 100:.2f} %{video_text})"
 
 
 def _server_row(run: RunFigures) -> str:
@@ -122,6 +132,18 @@ def _client_row(run: RunFigures) -> str:
     )
 
 
+def _process_rows(run: RunFigures) -> list[str]:
+    rows = []
+    for p in run.generator_processes:
+        lag = p.lag_ms
+        lag_text = f"{lag['p50']:.1f} / {lag['p99']:.1f} / {lag['max']:.1f}" if lag else "-"
+        rows.append(
+            f"| {run.target} | {run.label} | {p.name} | {p.pid} | {p.members} "
+            f"| {p.cpu_share * 100:.1f} | {lag_text} | {p.udp_drops} |"
+        )
+    return rows
+
+
 _TITLES = {
     "fanout": "fanout: 1 publisher (VP8 + Opus) → N subscribers",
     "meeting": "meeting: N participants, each publishing VP8 + Opus and receiving the others",
@@ -140,8 +162,8 @@ def scenario_markdown(result: ScenarioResult, command: str, env: dict[str, Any])
         f"- media: {video.description} {video.bitrate_kbps:.0f} kbps"
         f" + {audio.description} {audio.bitrate_kbps:.0f} kbps, pre-encoded "
         f"{video.duration_s:g} s loops (video keyframe at loop start and on PLI)"
-        if result.scenario != "audio-rooms" else
-        f"- media: {audio.description} {audio.bitrate_kbps:.0f} kbps per participant, "
+        if result.scenario != "audio-rooms"
+        else f"- media: {audio.description} {audio.bitrate_kbps:.0f} kbps per participant, "
         "pre-encoded, a distinct clip per publisher",
         f"- window: {options.duration_s:g} s after {options.warmup_s:g} s warm-up; "
         "a fresh server per run; sizes interleaved across targets",
@@ -149,6 +171,25 @@ def scenario_markdown(result: ScenarioResult, command: str, env: dict[str, Any])
         f"aiortc {env['aiortc']}, generator loop {env['generator_loop']} on CPU(s) "
         f"{','.join(map(str, env.get('generator_cpus', []))) or 'any'}, git {env['git']}",
     ]
+    if options.generators != 1:
+        asked = "auto" if options.generators == 0 else str(options.generators)
+        lines.append(
+            f"- generator processes (`--generators {asked}`): "
+            + ", ".join(f"{r.target} {r.label} → {r.generators_planned}" for r in result.runs)
+        )
+    if options.impair:
+        lines.append(
+            "- impaired links (below SRTP, seeded): "
+            + "; ".join(f"`{rule.describe()}`" for rule in options.impair)
+            + ". The bench's subscribers NACK video (not audio, like browsers with Opus): "
+            "video loss is loss after repair"
+        )
+    nacks = [(r.label, r.nacks_sent, r.nack_repaired) for r in result.runs if r.nacks_sent]
+    if nacks:
+        lines.append(
+            "- subscribers' NACKs sent / packets repaired: "
+            + ", ".join(f"{label} {sent} / {repaired}" for label, sent, repaired in nacks)
+        )
     for name, description in result.descriptions.items():
         lines.append(f"- target `{name}`: {description}")
     for name, reason in result.unavailable.items():
@@ -169,6 +210,21 @@ def scenario_markdown(result: ScenarioResult, command: str, env: dict[str, Any])
         *(_client_row(run) for run in result.runs),
         "",
     ]
+    processes = [row for run in result.runs for row in _process_rows(run)]
+    if processes:
+        lines += [
+            "Generator processes (`--generators`): a run is generator-limited when any one "
+            "of them was above its CPU or loop-lag limit.",
+            "",
+            "| target | size | process | pid | members | CPU % | loop lag p50 / p99 / max ms "
+            "| UDP drops |",
+            "|---|---|---|---:|---:|---:|---:|---:|",
+            *processes,
+            "",
+        ]
+    limited = [f"{r.target} {r.label}" for r in result.runs if r.generator_limited]
+    if limited:
+        lines += [f"**generator-limited runs**: {', '.join(limited)}", ""]
     for target in result.targets():
         marginal = result.marginal(target)
         if marginal is not None:
@@ -181,9 +237,14 @@ def scenario_markdown(result: ScenarioResult, command: str, env: dict[str, Any])
             )
     warnings = [f"{r.target} {r.label}: {w}" for r in result.runs for w in r.warnings]
     warnings += [f"run failed: {f}" for f in result.failures]
-    lines += ["", *(f"- ⚠ {w}" for w in warnings)] if warnings else [
-        "", "No warnings: the generator stayed below its CPU and lag limits, nothing dropped."
-    ]
+    lines += (
+        ["", *(f"- ⚠ {w}" for w in warnings)]
+        if warnings
+        else [
+            "",
+            "No warnings: the generator stayed below its CPU and lag limits, nothing dropped.",
+        ]
+    )
     lines.append("")
     return "\n".join(lines)
 
@@ -197,6 +258,8 @@ def scenario_json(result: ScenarioResult, command: str, env: dict[str, Any]) -> 
             "duration_s": result.options.duration_s,
             "warmup_s": result.options.warmup_s,
             "probes": result.options.probes,
+            "generators": result.options.generators,
+            "impair": [rule.describe() for rule in result.options.impair],
         },
         "media": {
             "video": {
@@ -215,7 +278,9 @@ def scenario_json(result: ScenarioResult, command: str, env: dict[str, Any]) -> 
         "failures": result.failures,
         "runs": [run.as_dict() for run in result.runs],
         "marginal": {
-            target: None if (m := result.marginal(target)) is None else {
+            target: None
+            if (m := result.marginal(target)) is None
+            else {
                 "us_per_forwarded_packet": m.us_per_forwarded_packet,
                 "fixed_cpu_share": m.fixed_cpu_share,
                 "cpu_ms_per_s_per_stream": m.cpu_ms_per_s_per_stream,
@@ -228,13 +293,13 @@ def scenario_json(result: ScenarioResult, command: str, env: dict[str, Any]) -> 
 def _pcts(values: Sequence[float]) -> str:
     if not values:
         return "-"
-    return (
-        f"{percentile(values, 50):.0f} / {percentile(values, 90):.0f} / {max(values):.0f}"
-    )
+    return f"{percentile(values, 50):.0f} / {percentile(values, 90):.0f} / {max(values):.0f}"
 
 
 def join_storm_markdown(
-    storms: Sequence[JoinStormFigures], unavailable: dict[str, str], command: str,
+    storms: Sequence[JoinStormFigures],
+    unavailable: dict[str, str],
+    command: str,
     env: dict[str, Any],
 ) -> str:
     lines = [
@@ -265,12 +330,17 @@ def join_storm_markdown(
 
 
 def join_storm_json(
-    storms: Sequence[JoinStormFigures], unavailable: dict[str, str], command: str,
+    storms: Sequence[JoinStormFigures],
+    unavailable: dict[str, str],
+    command: str,
     env: dict[str, Any],
 ) -> dict[str, Any]:
     return {
-        "scenario": "join-storm", "command": command, "environment": env,
-        "unavailable": unavailable, "runs": [s.as_dict() for s in storms],
+        "scenario": "join-storm",
+        "command": command,
+        "environment": env,
+        "unavailable": unavailable,
+        "runs": [s.as_dict() for s in storms],
     }
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import sys
 import time
@@ -29,9 +30,11 @@ from typing import Any
 
 from aiortc import MediaStreamTrack, RTCPeerConnection
 
+from bench.impairments import LinkRule, impairments_for
 from bench.latency import Arrivals, SendLedger, media_payload_types
 from bench.media import EncodedClip, ReplayTrack, forward_keyframe_requests
 from bench.monitor import LoopLagMonitor, ProcessCpu
+from bench.pool import GeneratorPool
 from bench.procfs import (
     clock_ticks_per_second,
     drops_between,
@@ -40,9 +43,12 @@ from bench.procfs import (
     read_softnet_dropped,
     read_udp_drops,
 )
+from bench.procs import ProcessFigures, auto_generators, lag_summary, predicted_cpu_share
+from bench.server import SfuServer, grants_for
 from bench.stats import percentile
 from bench.target import PacketCounters, Peer, Target
 from sfu import aiortc_bridge as bridge
+from signaling.client.impair import Impairment
 
 __all__ = [
     "Clips",
@@ -119,7 +125,9 @@ class Layout:
     def streams(self) -> int:
         """Publisher → receiver pairs (each carries that publisher's tracks)."""
         return sum(
-            sum(m.publishes for m in room if m is not r) for room in self.rooms for r in room
+            sum(m.publishes for m in room if m is not r)
+            for room in self.rooms
+            for r in room
             if r.subscribe
         )
 
@@ -129,6 +137,12 @@ class RunOptions:
     duration_s: float = 10.0
     warmup_s: float = 3.0
     probes: int = 0
+    generators: int = 1
+    """Generator processes: 1 = everything in this process; N > 1 = the members are
+    spread over N worker processes (:mod:`bench.pool`), this one only coordinates;
+    0 = auto (:func:`plan_generators`)."""
+    impair: tuple[LinkRule, ...] = ()
+    """Impaired links per client group (``--impair``, :mod:`bench.impairments`)."""
 
 
 @dataclass(slots=True)
@@ -150,6 +164,12 @@ class RunFigures:
     subscriber_bytes: int = 0
     expected_packets: int = 0
     received_packets: int = 0
+    video_expected_packets: int = 0
+    video_received_packets: int = 0
+    nacks_sent: int = 0
+    """Generic NACKs the bench's subscribers sent (each may list several packets)."""
+    nack_repaired: int = 0
+    """Packets they had NACKed that then arrived (retransmitted or late)."""
     worst_subscriber_loss: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
     server_rss_idle_bytes: int = 0
@@ -166,6 +186,13 @@ class RunFigures:
     join_first_keyframe_ms: list[float] = field(default_factory=list)
     probe_first_frame_ms: list[float] = field(default_factory=list)
     publisher_keyframe_requests: int = 0
+    generator_processes: list[ProcessFigures] = field(default_factory=list)
+    """Per generator process (the coordinator first), when there are worker processes."""
+    impaired: bool = False
+    """Some links were impaired on purpose (``--impair``): loss and count gaps expected."""
+    generators_planned: int = 1
+    generator_limited: bool = False
+    """Some generator process, not the server, may have been the limit of this run."""
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -209,6 +236,12 @@ class RunFigures:
         return max(0.0, 1.0 - self.received_packets / self.expected_packets)
 
     @property
+    def video_loss(self) -> float | None:
+        if not self.video_expected_packets:
+            return None
+        return max(0.0, 1.0 - self.video_received_packets / self.video_expected_packets)
+
+    @property
     def counted_ratio(self) -> float | None:
         if self.server is None or not self.server.rtp_out:
             return None
@@ -217,16 +250,26 @@ class RunFigures:
     def as_dict(self) -> dict[str, Any]:
         server = self.server
         return {
-            "target": self.target, "description": self.description,
-            "label": self.label, "size": self.size,
-            "participants": self.participants, "publishers": self.publishers,
-            "streams": self.streams, "window_s": self.window_s,
-            "server_cpu_s": self.server_cpu_s, "server_cpu_share": self.server_cpu_share,
+            "target": self.target,
+            "description": self.description,
+            "label": self.label,
+            "size": self.size,
+            "participants": self.participants,
+            "publishers": self.publishers,
+            "streams": self.streams,
+            "window_s": self.window_s,
+            "server_cpu_s": self.server_cpu_s,
+            "server_cpu_share": self.server_cpu_share,
             "server_wakeups": self.server_wakeups,
-            "server_packets": None if server is None else {
-                "rtp_in": server.rtp_in, "rtp_out": server.rtp_out,
-                "rtcp_in": server.rtcp_in, "rtcp_out": server.rtcp_out,
-                "bytes_out": server.bytes_out, "dropped": server.dropped,
+            "server_packets": None
+            if server is None
+            else {
+                "rtp_in": server.rtp_in,
+                "rtp_out": server.rtp_out,
+                "rtcp_in": server.rtcp_in,
+                "rtcp_out": server.rtcp_out,
+                "bytes_out": server.bytes_out,
+                "dropped": server.dropped,
             },
             "forwarded_packets": self.forwarded_packets,
             "forwarded_pps": self.forwarded_pps,
@@ -238,7 +281,11 @@ class RunFigures:
             "subscriber_counted_ratio": self.counted_ratio,
             "expected_packets": self.expected_packets,
             "received_packets": self.received_packets,
-            "loss": self.loss, "worst_subscriber_loss": self.worst_subscriber_loss,
+            "loss": self.loss,
+            "video_loss": self.video_loss,
+            "nacks_sent": self.nacks_sent,
+            "nack_repaired_packets": self.nack_repaired,
+            "worst_subscriber_loss": self.worst_subscriber_loss,
             "latency_ms": self.latency_ms,
             "server_rss_idle_bytes": self.server_rss_idle_bytes,
             "server_rss_bytes": self.server_rss_bytes,
@@ -253,6 +300,9 @@ class RunFigures:
             "join_to_first_keyframe_ms": self.join_first_keyframe_ms,
             "join_to_first_decoded_frame_ms": self.probe_first_frame_ms,
             "publisher_keyframe_requests": self.publisher_keyframe_requests,
+            "generator_processes": [p.as_dict() for p in self.generator_processes],
+            "generators": self.generators_planned,
+            "generator_limited": self.generator_limited,
             "warnings": self.warnings,
         }
 
@@ -262,9 +312,41 @@ def latency_summary(samples_s: Sequence[float]) -> dict[str, float]:
         return {}
     ms = [s * 1000.0 for s in samples_s]
     return {
-        "p50": percentile(ms, 50), "p95": percentile(ms, 95), "p99": percentile(ms, 99),
-        "max": max(ms), "samples": float(len(ms)),
+        "p50": percentile(ms, 50),
+        "p95": percentile(ms, 95),
+        "p99": percentile(ms, 99),
+        "max": max(ms),
+        "samples": float(len(ms)),
     }
+
+
+def clip_packets_per_s(clip: EncodedClip, payload_bytes: int = 1100) -> float:
+    """RTP packets per second of a clip (a frame is split into ~``payload_bytes`` packets)."""
+    packets = sum(max(1, -(-len(frame) // payload_bytes)) for frame in clip.frames)
+    return packets / clip.duration_s if clip.duration_s else 0.0
+
+
+def plan_generators(layout: Layout, clips: Clips, server_cpu: int | None) -> int:
+    """``--generators auto``: enough processes that none is predicted above 70 % of a
+    core, capped by the CPUs this process may use other than the server's."""
+    video = clip_packets_per_s(clips.video)
+    audio = clip_packets_per_s(clips.audio[0])
+    sent = sum(
+        (video if m.video else 0.0) + (audio if m.audio else 0.0)
+        for room in layout.rooms
+        for m in room
+    )
+    received = 0.0
+    for room in layout.rooms:
+        for r in room:
+            if r.subscribe:
+                received += sum(
+                    (video if m.video else 0.0) + (audio if m.audio else 0.0)
+                    for m in room
+                    if m is not r
+                )
+    free = len(os.sched_getaffinity(0) - ({server_cpu} if server_cpu is not None else set()))
+    return auto_generators(predicted_cpu_share(received, sent), max(1, free))
 
 
 @dataclass(slots=True)
@@ -276,6 +358,8 @@ class _Member:
     arrivals: Arrivals | None = None
     join_started: float = 0.0
     tracks: list[ReplayTrack] = field(default_factory=list)
+    impair: tuple[Impairment | None, Impairment | None] = (None, None)
+    """(send, receive) impairment of this member's links."""
 
 
 async def run_layout(
@@ -284,8 +368,11 @@ async def run_layout(
     """Run ``layout`` once on a fresh ``target`` (started and stopped here)."""
     tag = f"{target.name} {layout.label}"
     figures = RunFigures(
-        target=target.name, label=layout.label, size=layout.size,
-        participants=layout.participants, publishers=layout.publishers,
+        target=target.name,
+        label=layout.label,
+        size=layout.size,
+        participants=layout.participants,
+        publishers=layout.publishers,
         streams=layout.streams,
     )
     progress(f"{tag}: starting the server")
@@ -295,11 +382,27 @@ async def run_layout(
     lag = LoopLagMonitor()
     lag.start()
     members: list[_Member] = []
+    pool: GeneratorPool | None = None
+    generators = options.generators or plan_generators(layout, clips, getattr(target, "cpu", None))
+    figures.impaired = bool(options.impair)
+    figures.generators_planned = generators
+    if generators > 1 and not isinstance(target, SfuServer):
+        figures.warnings.append(
+            f"--generators {generators}: generator processes drive the oktorus "
+            f"target only; {target.name} ran with one generator process"
+        )
+        generators = figures.generators_planned = 1
     try:
         with target.network():
             bridge.restrict_host_addresses(target.host_addresses)
-            members = await _run_inside(target, layout, clips, options, figures, lag, tag)
+            if generators > 1 and isinstance(target, SfuServer):
+                pool = GeneratorPool(generators)
+                progress(f"{tag}: starting {generators} generator processes")
+                await pool.start(clips, target.host_addresses)
+            members = await _run_inside(target, layout, clips, options, figures, lag, tag, pool)
     finally:
+        if pool is not None:
+            await pool.close()
         await finish_run(
             target, lag, [m.peer for m in members if m.peer is not None],
             [t for m in members for t in m.tracks], figures.warnings,
@@ -328,8 +431,14 @@ async def finish_run(
 
 
 async def _run_inside(
-    target: Target, layout: Layout, clips: Clips, options: RunOptions, figures: RunFigures,
-    lag: LoopLagMonitor, tag: str,
+    target: Target,
+    layout: Layout,
+    clips: Clips,
+    options: RunOptions,
+    figures: RunFigures,
+    lag: LoopLagMonitor,
+    tag: str,
+    pool: GeneratorPool | None = None,
 ) -> list[_Member]:
     figures.server_rss_idle_bytes = target.rss_bytes()
     ledger = SendLedger()
@@ -338,28 +447,57 @@ async def _run_inside(
     for index, (room, specs) in enumerate(zip(room_names, layout.rooms, strict=True)):
         await target.open_room(room, sum(s.publishes for s in specs))
         members += [_Member(spec, index) for spec in specs]
+    for number, member in enumerate(members):
+        member.impair = impairments_for(
+            options.impair, number, member.spec.publishes, member.spec.subscribe
+        )
 
     publishers = [m for m in members if m.spec.publishes]
     progress(f"{tag}: {len(publishers)} publisher(s) joining")
-    await _bounded([
-        _join_publisher(target, room_names[m.room_index], m, clips.audio_for(k), clips, ledger)
-        for k, m in enumerate(publishers)
-    ])
+    if pool is not None:
+        assert isinstance(target, SfuServer)
+        server = target
+        await _bounded(
+            [
+                _join_remote(server, pool, room_names[m.room_index], members.index(m), m, k, ledger)
+                for k, m in enumerate(publishers)
+            ]
+        )
+    else:
+        await _bounded(
+            [
+                _join_publisher(
+                    target, room_names[m.room_index], m, clips.audio_for(k), clips, ledger
+                )
+                for k, m in enumerate(publishers)
+            ]
+        )
     receivers = [m for m in members if not m.spec.publishes and m.spec.subscribe]
     progress(f"{tag}: {len(receivers)} subscriber(s) joining")
-    await _bounded(
-        [_join_receiver(target, room_names[m.room_index], m, ledger) for m in receivers]
-    )
+    if pool is not None:
+        await _bounded(
+            [
+                _join_remote(server, pool, room_names[m.room_index], members.index(m), m, 0, ledger)
+                for m in receivers
+            ]
+        )
+    else:
+        await _bounded(
+            [_join_receiver(target, room_names[m.room_index], m, ledger) for m in receivers]
+        )
     expected = _expected_publishers(members)
     await _wait_for_media(members, expected, figures, video=layout_has_video(layout))
     enlarge_receive_buffers([m.peer for m in members if m.peer is not None])
+    if pool is not None:
+        await pool.enlarge_buffers()
     late = sum(1 for m in members if m.peer is not None and m.peer.tapped_late)
+    late += pool.tapped_late() if pool is not None else 0
     if late:
         figures.warnings.append(f"{late} receive tap(s) went in after DTLS was up")
 
     progress(f"{tag}: warm-up {options.warmup_s:g} s, then {options.duration_s:g} s measured")
     await asyncio.sleep(options.warmup_s)
-    await _measure(target, members, expected, ledger, options.duration_s, lag, figures, tag)
+    await _measure(target, members, expected, ledger, options.duration_s, lag, figures, tag, pool)
 
     video_room = next(
         (i for i, specs in enumerate(layout.rooms) if any(s.video for s in specs)), None
@@ -378,6 +516,7 @@ async def _run_inside(
             await asyncio.sleep(PROBE_GAP_S)
     _join_figures(members, figures)
     skips = sum(t.late_skips for m in members for t in m.tracks)
+    skips += pool.late_skips() if pool is not None else 0
     if skips:
         figures.warnings.append(
             f"the publishers' replay fell more than 100 ms behind {skips} time(s) and skipped "
@@ -385,7 +524,7 @@ async def _run_inside(
         )
     figures.publisher_keyframe_requests = sum(
         t.keyframe_requests for m in members for t in m.tracks if t.kind == "video"
-    )
+    ) + (pool.keyframe_requests() if pool is not None else 0)
     _check(figures)
     return members
 
@@ -453,7 +592,11 @@ def publisher_tap_for(pc: RTCPeerConnection, ledger: SendLedger) -> Any:
 
 
 async def _join_publisher(
-    target: Target, room: str, member: _Member, audio: EncodedClip, clips: Clips,
+    target: Target,
+    room: str,
+    member: _Member,
+    audio: EncodedClip,
+    clips: Clips,
     ledger: SendLedger,
 ) -> None:
     if member.spec.video:
@@ -464,8 +607,14 @@ async def _join_publisher(
     member.arrivals = Arrivals(ledger) if member.spec.subscribe else None
     member.join_started = time.perf_counter()
     peer = await target.join(
-        room, member.spec.identity, tracks=tracks, subscribe=member.spec.subscribe,
-        tap=member.arrivals, timeout=JOIN_TIMEOUT_S,
+        room,
+        member.spec.identity,
+        tracks=tracks,
+        subscribe=member.spec.subscribe,
+        tap=member.arrivals,
+        timeout=JOIN_TIMEOUT_S,
+        impair_send=member.impair[0],
+        impair_receive=member.impair[1],
     )
     member.peer = peer
     pc = peer.publish_pc
@@ -479,12 +628,50 @@ async def _join_publisher(
             forward_keyframe_requests(sender, track.request_keyframe)
 
 
+async def _join_remote(
+    target: SfuServer,
+    pool: GeneratorPool,
+    room: str,
+    index: int,
+    member: _Member,
+    audio_clip: int,
+    ledger: SendLedger,
+) -> None:
+    """Join ``member`` in its generator process; its records come back through ``pool``."""
+    spec = member.spec
+    member.arrivals = Arrivals(ledger) if spec.subscribe else None
+    grants = grants_for(spec.publishes, spec.subscribe)
+    joined = await pool.join(
+        index,
+        url=target.url,
+        token=target.token(room, spec.identity, grants),
+        identity=spec.identity,
+        video=spec.video,
+        audio=spec.audio,
+        audio_clip=audio_clip,
+        subscribe=spec.subscribe,
+        arrivals=member.arrivals,
+        timeout=JOIN_TIMEOUT_S,
+        impair=member.impair,
+    )
+    member.join_started = joined.join_started
+    if spec.publishes:
+        tap = ledger.add_publisher(joined.video_pts, joined.audio_pts)
+        member.publisher = tap.index
+        pool.publish_into(index, tap)
+
+
 async def _join_receiver(target: Target, room: str, member: _Member, ledger: SendLedger) -> None:
     member.arrivals = Arrivals(ledger)
     member.join_started = time.perf_counter()
     member.peer = await target.join(
-        room, member.spec.identity, subscribe=True, tap=member.arrivals,
+        room,
+        member.spec.identity,
+        subscribe=True,
+        tap=member.arrivals,
         timeout=JOIN_TIMEOUT_S,
+        impair_send=member.impair[0],
+        impair_receive=member.impair[1],
     )
 
 
@@ -495,14 +682,17 @@ def _expected_publishers(members: Sequence[_Member]) -> dict[int, set[int]]:
         if not m.spec.subscribe:
             continue
         expected[i] = {
-            o.publisher for o in members
+            o.publisher
+            for o in members
             if o is not m and o.room_index == m.room_index and o.publisher is not None
         }
     return expected
 
 
 async def _wait_for_media(
-    members: Sequence[_Member], expected: dict[int, set[int]], figures: RunFigures,
+    members: Sequence[_Member],
+    expected: dict[int, set[int]],
+    figures: RunFigures,
     video: bool,
 ) -> None:
     """Until every receiver has media from each publisher it expects (and, with video,
@@ -511,8 +701,10 @@ async def _wait_for_media(
 
     def missing() -> int:
         return sum(
-            1 for i, publishers in expected.items()
-            if (a := members[i].arrivals) is None or not publishers <= a.publishers_seen
+            1
+            for i, publishers in expected.items()
+            if (a := members[i].arrivals) is None
+            or not publishers <= a.publishers_seen
             or (video and publishers and a.first_keyframe_at is None)
         )
 
@@ -526,8 +718,15 @@ async def _wait_for_media(
 
 
 async def _measure(
-    target: Target, members: Sequence[_Member], expected: dict[int, set[int]],
-    ledger: SendLedger, duration_s: float, lag: LoopLagMonitor, figures: RunFigures, tag: str,
+    target: Target,
+    members: Sequence[_Member],
+    expected: dict[int, set[int]],
+    ledger: SendLedger,
+    duration_s: float,
+    lag: LoopLagMonitor,
+    figures: RunFigures,
+    tag: str,
+    pool: GeneratorPool | None = None,
 ) -> None:
     arrivals = [m.arrivals for m in members if m.arrivals is not None]
     generator = ProcessCpu()
@@ -539,12 +738,16 @@ async def _measure(
     softnet_before = read_softnet_dropped()
     busy_before, _ = read_machine_busy()
     mine_before = target.cpu_seconds() + read_cpu_seconds()
+    mine_before += pool.cpu_seconds() if pool is not None else 0.0
     packets_before = sum(a.packets for a in arrivals)
     bytes_before = sum(a.octets for a in arrivals)
     for a in arrivals:
         a.reset_window()
     generator.reset()
     lag.reset()
+    if pool is not None:
+        await pool.reset_lag()
+        pool.window_open()
     started = time.perf_counter()
     ledger.open_window(started)
 
@@ -559,10 +762,28 @@ async def _measure(
     ledger.close_window(ended)
     busy_after, _ = read_machine_busy()
     mine_after = target.cpu_seconds() + read_cpu_seconds()
+    mine_after += pool.cpu_seconds() if pool is not None else 0.0
     cpu_after = target.cpu_seconds()
     wakeups_after = target.wakeups()
     counters_after = await target.packet_counters()
     figures.generator_cpu_share = generator.share()
+    if pool is not None:
+        shares = pool.cpu_shares()
+        lags = await pool.lag_samples()
+        figures.generator_processes = [
+            ProcessFigures(
+                "coordinator",
+                os.getpid(),
+                0,
+                figures.generator_cpu_share,
+                lag_summary(list(lag.samples_ms)),
+            )
+        ] + [
+            ProcessFigures(f"generator {i + 1}", pid, n, share, lag_summary(samples))
+            for i, (pid, n, share, samples) in enumerate(
+                zip(pool.pids, pool.members_per_process(), shares, lags, strict=True)
+            )
+        ]
     figures.server_rss_bytes = target.rss_bytes()
     figures.window_s = ended - started
     figures.server_cpu_s = cpu_after - cpu_before
@@ -577,11 +798,18 @@ async def _measure(
     samples = list(lag.samples_ms)
     if samples:
         figures.loop_lag_ms = {
-            "p50": percentile(samples, 50), "p99": percentile(samples, 99),
-            "max": max(samples), "samples": float(len(samples)),
+            "p50": percentile(samples, 50),
+            "p99": percentile(samples, 99),
+            "max": max(samples),
+            "samples": float(len(samples)),
         }
 
     await asyncio.sleep(DRAIN_S)  # late packets of the window still count (latency, loss)
+    if pool is not None:
+        await pool.flush()
+        for process, drops in zip(figures.generator_processes[1:], pool.udp_drops(), strict=True):
+            process.udp_drops = drops
+            figures.generator_udp_drops += drops
     figures.server_udp_drops = drops_between(server_drops, read_udp_drops(target.pid))
     figures.softnet_drops = read_softnet_dropped() - softnet_before
     figures.generator_udp_drops = drops_between(
@@ -597,11 +825,21 @@ async def _measure(
         got = min(sent, tap.received_from(publishers))
         figures.expected_packets += sent
         figures.received_packets += got
+        video = sum(ledger.window_sent_video[p] for p in publishers)
+        figures.video_expected_packets += video
+        figures.video_received_packets += min(video, tap.video_received_from(publishers))
         if sent:
             worst = max(worst, 1.0 - got / sent)
         latencies.extend(tap.latencies_s)
     figures.worst_subscriber_loss = worst
     figures.latency_ms = latency_summary(latencies)
+    nackers = [m.peer.nacker for m in members if m.peer is not None and m.peer.nacker]
+    figures.nacks_sent = sum(n.nacks_sent for n in nackers)
+    figures.nack_repaired = sum(n.repaired for n in nackers)
+    if pool is not None:
+        sent, repaired = pool.nacks()
+        figures.nacks_sent += sent
+        figures.nack_repaired += repaired
 
 
 async def probe_first_frame(target: Target, room: str, identity: str) -> float:
@@ -611,7 +849,11 @@ async def probe_first_frame(target: Target, room: str, identity: str) -> float:
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_S):
             peer = await target.join(
-                room, identity, subscribe=True, tap=_ignore, swallow=False,
+                room,
+                identity,
+                subscribe=True,
+                tap=_ignore,
+                swallow=False,
                 timeout=PROBE_TIMEOUT_S,
             )
             pc = peer.subscribe_pc
@@ -630,19 +872,28 @@ def _ignore(packet: bytes) -> None:
 
 
 def _check(figures: RunFigures) -> None:
-    if figures.generator_cpu_share > GENERATOR_CPU_LIMIT:
+    for process in figures.generator_processes:
+        reasons = process.limits(GENERATOR_CPU_LIMIT, LAG_P99_LIMIT_MS)
+        if reasons:
+            figures.generator_limited = True
+            figures.warnings.append(
+                f"generator-limited: {process.name} (pid {process.pid}) {' and '.join(reasons)}"
+            )
+    if not figures.generator_processes and figures.generator_cpu_share > GENERATOR_CPU_LIMIT:
+        figures.generator_limited = True
         figures.warnings.append(
             f"the generator used {figures.generator_cpu_share:.0%} of a core: "
             "it may be the bottleneck"
         )
     p99 = figures.loop_lag_ms.get("p99", 0.0)
-    if p99 > LAG_P99_LIMIT_MS:
+    if not figures.generator_processes and p99 > LAG_P99_LIMIT_MS:
+        figures.generator_limited = True
         figures.warnings.append(
             f"generator event-loop lag p99 {p99:.1f} ms > {LAG_P99_LIMIT_MS:g} ms: "
             "latency figures include the generator's own delay"
         )
     ratio = figures.counted_ratio
-    if ratio is not None and abs(ratio - 1.0) > COUNT_MISMATCH_LIMIT:
+    if ratio is not None and abs(ratio - 1.0) > COUNT_MISMATCH_LIMIT and not figures.impaired:
         figures.warnings.append(
             f"subscribers counted {figures.subscriber_packets} packets, the server reports "
             f"{figures.forwarded_packets} sent ({ratio:.1%})"

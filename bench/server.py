@@ -33,8 +33,9 @@ from bench.target import PacketCounters, Peer, RtpTap, install_subscriber_tap
 from sfu.keys import KeyStore
 from signaling.access import issue_access_token
 from signaling.client import Participant
+from signaling.client.impair import Impairment
 
-__all__ = ["SfuServer"]
+__all__ = ["OktorusPeer", "SfuServer", "grants_for", "join_oktorus"]
 
 STARTUP_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
@@ -43,8 +44,12 @@ SUBSCRIBE_PC_WAIT_S = 60.0
 _TAP_POLL_S = 0.002
 _LOG_TAIL = 200
 _DROP_COUNTERS = (
-    "dropped_empty", "dropped_oversize", "dropped_foreign", "dropped_unready",
-    "dropped_srtp", "dropped_queue_full",
+    "dropped_empty",
+    "dropped_oversize",
+    "dropped_foreign",
+    "dropped_unready",
+    "dropped_srtp",
+    "dropped_queue_full",
 )
 
 
@@ -71,13 +76,29 @@ class SfuServer:
         env = dict(os.environ, SFU_LOG_FORMAT="json")
         pin = (
             ["taskset", "-c", str(self.cpu)]
-            if self.cpu is not None and shutil.which("taskset") else []
+            if self.cpu is not None and shutil.which("taskset")
+            else []
         )
         self._proc = subprocess.Popen(
-            [*pin, sys.executable, "-m", "sfu", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--data-dir", str(data_dir), *self._extra_args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, env=env,
+            [
+                *pin,
+                sys.executable,
+                "-m",
+                "sfu",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--data-dir",
+                str(data_dir),
+                *self._extra_args,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         try:
             self.port = self._wait_listening()
@@ -162,15 +183,35 @@ class SfuServer:
         if self._keys is None:
             raise RuntimeError("the server is not started")
         return issue_access_token(
-            self._keys, room=room, identity=identity, role="customer", grants=tuple(grants),
+            self._keys,
+            room=room,
+            identity=identity,
+            role="customer",
+            grants=tuple(grants),
             ttl_s=600,
         )
 
+    def _pids(self) -> list[int]:
+        """The server and, with ``SFU_WORKERS``/``--workers``, its worker processes."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        try:
+            return [self.pid, *(int(pid) for pid in children.read_text().split())]
+        except OSError:
+            return [self.pid]
+
     def cpu_seconds(self) -> float:
-        return read_cpu_seconds(self.pid)
+        total = 0.0
+        for pid in self._pids():
+            with contextlib.suppress(OSError):  # a worker that just exited
+                total += read_cpu_seconds(pid)
+        return total
 
     def rss_bytes(self) -> int:
-        return read_rss_bytes(self.pid)
+        total = 0
+        for pid in self._pids():
+            with contextlib.suppress(OSError):
+                total += read_rss_bytes(pid)
+        return total
 
     def wakeups(self) -> int | None:
         return read_voluntary_switches(self.pid)
@@ -178,7 +219,9 @@ class SfuServer:
     @property
     def description(self) -> str:
         pinned = f"pinned to CPU {self.cpu}" if self.cpu is not None else "not pinned"
-        return f"oktorus-sfu, one worker process (event loop), {pinned}, on 127.0.0.1"
+        workers = len(self._pids()) - 1 if self._proc is not None else 0
+        process = f"{workers} worker processes" if workers else "one worker process (event loop)"
+        return f"oktorus-sfu, {process}, {pinned}, on 127.0.0.1"
 
     @property
     def host_addresses(self) -> list[str]:
@@ -200,22 +243,22 @@ class SfuServer:
         tap: RtpTap | None = None,
         swallow: bool = True,
         timeout: float = JOIN_TIMEOUT_S,
+        impair_send: Impairment | None = None,
+        impair_receive: Impairment | None = None,
     ) -> Peer:
-        grants = [*(["publish"] if tracks else []), *(["subscribe"] if subscribe else [])]
-        participant = await Participant.join(
-            self.url, self.token(room, identity, grants), publish_tracks=tracks, timeout=timeout
+        token = self.token(room, identity, grants_for(bool(tracks), subscribe))
+        return await join_oktorus(
+            self.url,
+            token,
+            identity,
+            tracks=tracks,
+            subscribe=subscribe,
+            tap=tap,
+            swallow=swallow,
+            timeout=timeout,
+            impair_send=impair_send,
+            impair_receive=impair_receive,
         )
-        peer = OktorusPeer(identity, participant)
-        if subscribe and tap is not None:
-            if tracks:
-                peer.tap_later(tap, swallow)
-            else:
-                try:
-                    await peer.wait_tap(tap, swallow, timeout)
-                except BaseException:
-                    await peer.close()
-                    raise
-        return peer
 
     async def metrics(self) -> dict[str, float]:
         if self._http is None:
@@ -244,6 +287,46 @@ class SfuServer:
                 for name in _DROP_COUNTERS
             ),
         )
+
+
+def grants_for(publishes: bool, subscribe: bool) -> list[str]:
+    return [*(["publish"] if publishes else []), *(["subscribe"] if subscribe else [])]
+
+
+async def join_oktorus(
+    url: str,
+    token: str,
+    identity: str,
+    *,
+    tracks: Sequence[MediaStreamTrack] = (),
+    subscribe: bool = True,
+    tap: RtpTap | None = None,
+    swallow: bool = True,
+    timeout: float = JOIN_TIMEOUT_S,
+    impair_send: Impairment | None = None,
+    impair_receive: Impairment | None = None,
+) -> OktorusPeer:
+    """Join with protocol v1 (also used by generator processes, given a token)."""
+    participant = await Participant.join(
+        url,
+        token,
+        publish_tracks=tracks,
+        timeout=timeout,
+        impair_send=impair_send,
+        impair_receive=impair_receive,
+        renack=False,  # the bench's subscribers NACK by themselves (bench/nack.py)
+    )
+    peer = OktorusPeer(identity, participant)
+    if subscribe and tap is not None:
+        if tracks:
+            peer.tap_later(tap, swallow)
+        else:
+            try:
+                await peer.wait_tap(tap, swallow, timeout)
+            except BaseException:
+                await peer.close()
+                raise
+    return peer
 
 
 class OktorusPeer(Peer):

@@ -12,6 +12,7 @@ adapter with these members.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ from typing import Protocol
 
 from aiortc import MediaStreamTrack, RTCPeerConnection
 
+from bench.nack import NackingTap, nack_plan
 from sfu import aiortc_bridge as bridge
+from signaling.client.impair import Impairment
 
 __all__ = ["PacketCounters", "Peer", "RtpTap", "Target", "install_subscriber_tap"]
 
@@ -64,6 +67,8 @@ class Peer:
         self.track_ids: list[str] = []
         self.tapped = False
         self.tapped_late = False
+        self.nacker: NackingTap | None = None
+        """Asks for what the subscribe connection lost (bench subscribers only)."""
         """True if DTLS was already up when the receive tap went in (packets missed)."""
 
     async def close(self) -> None:
@@ -76,8 +81,22 @@ def install_subscriber_tap(peer: Peer, tap: RtpTap, swallow: bool) -> None:
     assert pc is not None
     dtls = bridge.dtls_transport(pc)
     peer.tapped_late = dtls is not None and dtls.state == "connected"
+    if swallow:  # aiortc's receiver will not see the packets: NACK gaps here instead
+        loop = asyncio.get_running_loop()
+        peer.nacker = NackingTap(
+            tap,
+            lambda rtcp: bridge.send_rtcp(pc, rtcp),
+            loop.call_later,
+            lambda: nack_plan(_remote_sdp(pc)),
+        )
+        tap = peer.nacker
     bridge.tap_received_rtp(pc, tap, swallow=swallow)
     peer.tapped = True
+
+
+def _remote_sdp(pc: RTCPeerConnection) -> str:
+    description = pc.remoteDescription
+    return "" if description is None else str(description.sdp)
 
 
 class Target(Protocol):
@@ -135,9 +154,12 @@ class Target(Protocol):
         tap: RtpTap | None = None,
         swallow: bool = True,
         timeout: float = 15.0,
+        impair_send: Impairment | None = None,
+        impair_receive: Impairment | None = None,
     ) -> Peer:
         """Join ``room``: publish ``tracks``; if ``subscribe``, receive every other
-        publisher's tracks (now and later), with ``tap`` on received RTP.
+        publisher's tracks (now and later), with ``tap`` on received RTP. ``impair_*``
+        impair the peer's links below SRTP (``signaling.client.impair``).
 
         A subscribe-only peer returns once its tap is in; a peer that also publishes
         gets its tap when its subscribe connection appears."""

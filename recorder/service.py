@@ -91,15 +91,26 @@ class RecordingService:
 
     @classmethod
     async def open(
-        cls, data_dir: Path, keys: KeyStore, issuer: str, *, redis_url: str | None = None
+        cls,
+        data_dir: Path,
+        keys: KeyStore,
+        issuer: str,
+        *,
+        redis_url: str | None = None,
+        recover: bool = True,
     ) -> RecordingService:
         """Recordings in the data dir; ledger and revocations embedded (SQLite in the data
-        dir) or, with ``redis_url``, in Redis so every node of a cluster shares them."""
+        dir) or, with ``redis_url``, in Redis so every node of a cluster shares them.
+
+        ``recover=False`` for a worker process: its siblings may be recording right now, so
+        only the supervisor seals what a killed process left (:func:`recover_recordings`).
+        """
         store = RecordingStore(data_dir, load_master_key(data_dir), keys)
         in_use = hold_recordings_lock(data_dir)  # shared: offline recovery must wait for us
-        recovered = await asyncio.to_thread(store.recover)
-        if recovered:
-            log.info("recordings_recovered", recordings=recovered)
+        if recover:
+            recovered = await asyncio.to_thread(store.recover)
+            if recovered:
+                log.info("recordings_recovered", recordings=recovered)
         revocations: MemoryRevocationStore | RedisRevocationStore
         ledger: Ledger
         if redis_url:
@@ -166,16 +177,7 @@ class RecordingService:
     ) -> None:
         request.consents[participant.id] = Consent(participant)
         await self._log(request, "consent.requested", participant.identity, agent.identity)
-        participant.send(
-            {
-                "type": "consent.request",
-                "request": request.id,
-                "notice": request.notice,
-                "scope": sorted(request.scope),
-                "by": agent.id,
-                "purpose": PURPOSE,
-            }
-        )
+        participant.send(_consent_request(request))
 
     async def stop(self, room: Room, agent: Participant) -> None:
         if not agent.can("record"):
@@ -453,6 +455,14 @@ class RecordingService:
         except Exception:  # noqa: BLE001 - fail closed
             return False
 
+    def participant_resumed(self, room: Room, participant: Participant) -> None:
+        """A participant took over a new signalling connection (same id, same consent):
+        a question it has not answered yet is asked again, nothing else changes."""
+        request = self.rooms.get(room.id)
+        consent = request.consents.get(participant.id) if request is not None else None
+        if request is not None and consent is not None and consent.state == "pending":
+            participant.send(_consent_request(request))
+
     async def participant_left(self, room: Room, participant: Participant) -> None:
         request = self.rooms.get(room.id)
         if request is None:
@@ -643,3 +653,15 @@ async def _close(resource: object) -> None:
         result = close()
         if asyncio.iscoroutine(result):
             await result
+
+
+def _consent_request(request: RoomRecording) -> dict[str, Any]:
+    """``consent.request`` of protocol v1 (``purpose`` is an addition)."""
+    return {
+        "type": "consent.request",
+        "request": request.id,
+        "notice": request.notice,
+        "scope": sorted(request.scope),
+        "by": request.requested_by,
+        "purpose": PURPOSE,
+    }

@@ -18,6 +18,9 @@ loudly instead of forwarding nothing.
 
 from __future__ import annotations
 
+import asyncio
+import re
+import secrets
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,21 +47,30 @@ from pylibsrtp._binding import ffi, lib
 __all__ = [
     "PINNED_VERSIONS",
     "ContractError",
+    "DatagramDelay",
     "DatagramHandler",
     "FastSrtp",
     "ForwardingReceiver",
     "ForwardingSender",
+    "IceRestartError",
     "IceRoute",
     "TranscodingForbidden",
+    "add_host_candidates",
     "adopt_receiver",
     "adopt_sender",
+    "begin_ice_restart",
+    "bind_ice_ports",
     "check_contract",
     "codec_instances",
     "dtls_transport",
     "egress_extension_ids",
+    "finish_ice_restart",
     "forbid_transcoding",
+    "ice_credentials",
     "impair_datagrams",
     "install_datagram_hook",
+    "is_ice_restart",
+    "missing_packets",
     "negotiated_codecs",
     "negotiated_extensions",
     "on_keyframe_request",
@@ -68,6 +80,9 @@ __all__ = [
     "restrict_host_addresses",
     "route_via",
     "selected_route",
+    "send_nack",
+    "send_raw_rtp",
+    "send_rtcp",
     "sender_ssrcs",
     "set_sender_identity",
     "srtp_sessions",
@@ -82,9 +97,16 @@ PINNED_VERSIONS = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
 # throwaway peer connection by check_contract().
 _MODULE_NAMES: tuple[tuple[object, str], ...] = (
     (aioice.ice, "get_host_addresses"),
+    (aioice.ice, "asyncio"),  # bind_ice_ports swaps it for a proxy choosing the bind port
+    (aioice.ice.Connection, "get_component_candidates"),
     (aioice.ice, "StunProtocol"),
     (aioice.ice.StunProtocol, "datagram_received"),
+    (aioice.ice.StunProtocol, "send_data"),
+    (aioice.ice.StunProtocol, "send_stun"),
     (aioice.ice.Connection, "data_received"),
+    (aioice.ice.Connection, "connect"),
+    (aioice.ice.Connection, "sendto"),
+    (aioice.ice.Connection, "recvfrom"),
     (aiortc.rtcrtpreceiver, "get_decoder"),
     (aiortc.rtcrtpsender, "get_encoder"),
     (aiortc.codecs, "HEADER_EXTENSIONS"),
@@ -92,6 +114,7 @@ _MODULE_NAMES: tuple[tuple[object, str], ...] = (
     (RTCRtpReceiver, "receive"),
     (RTCRtpReceiver, "stop"),
     (RTCRtpReceiver, "_handle_disconnect"),
+    (RTCRtpReceiver, "_send_rtcp_nack"),
     (RTCRtpSender, "send"),
     (RTCRtpSender, "stop"),
     (RTCRtpSender, "_send_keyframe"),
@@ -107,6 +130,28 @@ _MODULE_NAMES: tuple[tuple[object, str], ...] = (
 _SRTP_MAX_TRAILER = 16 + 144  # pylibsrtp's SRTP_MAX_TRAILER_LEN covers both tags
 _SRTP_BUFFER = 1500 + _SRTP_MAX_TRAILER
 _REWRITE = struct.Struct("!BHII")  # RTP header bytes 1..11: M/PT, sequence, timestamp, SSRC
+
+
+# aioice.Connection state an in-place ICE restart resets (see begin_ice_restart).
+_RESTART_STATE = (
+    "_nominated",
+    "_nominating",
+    "_protocols",
+    "_check_list",
+    "_check_list_done",
+    "_check_list_state",
+    "_early_checks",
+    "_early_checks_done",
+    "_local_candidates",
+    "_local_username",
+    "_local_password",
+    "_remote_candidates",
+    "_remote_candidates_end",
+    "_query_consent_task",
+    "_queue",
+    "remote_username",
+    "remote_password",
+)
 
 
 class ContractError(RuntimeError):
@@ -140,8 +185,11 @@ async def check_contract(*, check_versions: bool = True) -> None:
             (sender, ("_ssrc", "_rtx_ssrc", "_stream_id", "_track_id")),
             (dtls, ("_rx_srtp", "_tx_srtp", "_transport")),
             (dtls.transport, ("_connection",)),
-            (dtls.transport._connection, ("_nominated", "_protocols")),
+            (dtls.transport, ("iceGatherer",)),
+            (dtls.transport.iceGatherer, ("_remote_candidates_end",)),
+            (dtls.transport._connection, _RESTART_STATE),
             (transceiver, ("_codecs", "_headerExtensions")),
+            (receiver, ("_RTCRtpReceiver__nack_generator",)),
             (pc, ("_RTCPeerConnection__cname",)),
         ):
             missing = [n for n in names if not hasattr(obj, n)]
@@ -170,6 +218,71 @@ def restrict_host_addresses(addresses: Sequence[str]) -> None:
         return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = host_addresses
+
+
+class _PortRangeLoop:
+    """The running loop, except that a UDP bind to port 0 takes a free port of the range."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ports: _PortCursor) -> None:
+        self._loop = loop
+        self._ports = ports
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+    async def create_datagram_endpoint(self, factory: Any, **kwargs: Any) -> Any:
+        local = kwargs.get("local_addr")
+        if local is None or local[1] != 0:
+            return await self._loop.create_datagram_endpoint(factory, **kwargs)
+        last: OSError | None = None
+        for port in self._ports.candidates():  # bounded: each port of the range once
+            try:
+                return await self._loop.create_datagram_endpoint(
+                    factory, **{**kwargs, "local_addr": (local[0], port)}
+                )
+            except OSError as exc:  # in use (another peer, another program): try the next
+                last = exc
+        raise OSError(f"no free UDP port in {self._ports.low}-{self._ports.high}") from last
+
+
+class _PortCursor:
+    """Hands out the ports of [low, high] round-robin, so a freed port is not reused at once."""
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+        self._next = low
+
+    def candidates(self) -> list[int]:
+        start = self._next
+        span = self.high - self.low + 1
+        ports = [self.low + (start - self.low + i) % span for i in range(span)]
+        self._next = ports[1] if span > 1 else start
+        return ports
+
+
+class _AsyncioWithPortRange:
+    """``asyncio`` as aioice.ice sees it: the same module, with a port-choosing loop."""
+
+    def __init__(self, ports: _PortCursor) -> None:
+        self._ports = ports
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    def get_running_loop(self) -> Any:
+        return _PortRangeLoop(asyncio.get_running_loop(), self._ports)
+
+
+def bind_ice_ports(low: int, high: int) -> None:
+    """Make aioice bind ICE host candidates on UDP ports in [low, high] only.
+
+    aioice binds every host candidate to port 0 (any port); a firewall, or several workers
+    on one machine, need a known range. aioice looks the loop up through its module's
+    ``asyncio`` name, so that name gets a proxy whose loop picks the port.
+    """
+    if not 0 < low <= high <= 65535:
+        raise ValueError(f"invalid UDP port range {low}-{high}")
+    setattr(aioice.ice, "asyncio", _AsyncioWithPortRange(_PortCursor(low, high)))  # noqa: B010
 
 
 _codec_requests = {"decoders": 0, "encoders": 0}
@@ -488,6 +601,25 @@ def tap_received_rtp(pc: RTCPeerConnection, tap: RtpTap, *, swallow: bool = Fals
 
 
 DatagramFilter = Callable[[bytes], bool]
+DatagramDelay = Callable[[bytes], float | None]
+"""Seconds to hold a datagram before it goes on (0: now), or None to drop it."""
+
+
+_rtcp_sends: set[asyncio.Task[None]] = set()
+
+
+def send_rtcp(pc: RTCPeerConnection, data: bytes) -> None:
+    """Send one plain RTCP packet on an aiortc peer (it protects it as SRTCP); returns at
+    once. A send on a connection that has gone away is dropped quietly."""
+    task = asyncio.get_running_loop().create_task(dtls_transport(pc)._send_rtp(data))
+    _rtcp_sends.add(task)
+    task.add_done_callback(_rtcp_sent)
+
+
+def _rtcp_sent(task: asyncio.Task[None]) -> None:
+    _rtcp_sends.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: a closed connection is not an error here
 
 
 def impair_datagrams(
@@ -495,27 +627,104 @@ def impair_datagrams(
     *,
     drop_outgoing: DatagramFilter | None = None,
     drop_incoming: DatagramFilter | None = None,
-) -> None:
-    """Drop datagrams below SRTP on an aiortc peer's ICE sockets (user-space impairment).
+    outgoing: DatagramDelay | None = None,
+    incoming: DatagramDelay | None = None,
+) -> int:
+    """Impair datagrams below SRTP on an aiortc peer's ICE sockets (user-space netem).
 
-    This kernel has no netem; tests and the bench impair links here instead. Each
-    filter sees the raw datagram and returns True to drop it.
+    This kernel has no netem; tests and the bench impair links here instead. A
+    ``drop_*`` filter sees the raw datagram and returns True to drop it; ``outgoing`` /
+    ``incoming`` return a delay (held with ``loop.call_later``) or None to drop it (see
+    ``signaling.client.impair``). Applies to the sockets gathered so far; returns how
+    many were impaired.
     """
-    dtls = dtls_transport(pc)
-    if drop_incoming is not None:
-        incoming = drop_incoming
-        install_datagram_hook(dtls, lambda data, addr, via: incoming(data))
     if drop_outgoing is not None:
-        outgoing = drop_outgoing
-        for protocol in dtls.transport._connection._protocols:
-            transport = protocol.transport
-            send = transport.sendto
+        outgoing = _as_delay(drop_outgoing)
+    if drop_incoming is not None:
+        incoming = _as_delay(drop_incoming)
+    dtls = dtls_transport(pc)
+    loop = asyncio.get_running_loop()
+    impaired = 0
+    for protocol in dtls.transport._connection._protocols:
+        impaired += 1
+        if incoming is not None:
+            received = protocol.datagram_received
 
-            def sendto(data: bytes, addr: Any = None, _send: Any = send) -> None:
-                if not outgoing(data):
-                    _send(data, addr)
+            def on_datagram(
+                data: bytes,
+                addr: Any,
+                _received: Any = received,
+                _decide: Any = incoming,
+                _protocol: Any = protocol,
+            ) -> None:
+                hold = _decide(data)
+                if hold is None:
+                    return
+                if hold > 0:
+                    loop.call_later(hold, _receive_unless_closed, _protocol, _received, data, addr)
+                else:
+                    _received(data, addr)
 
-            transport.sendto = sendto
+            protocol.datagram_received = on_datagram
+        if outgoing is not None:
+            _impair_sends(protocol, outgoing, loop)
+    return impaired
+
+
+def _impair_sends(protocol: Any, decide: DatagramDelay, loop: asyncio.AbstractEventLoop) -> None:
+    """Wrap aioice's two send paths of one socket (uvloop's ``transport.sendto`` cannot be
+    replaced): ``send_data`` (DTLS, SRTP, SRTCP) and ``send_stun`` (ICE checks)."""
+    send_data = protocol.send_data
+    send_stun = protocol.send_stun
+
+    def later(hold: float, data: bytes, addr: Any) -> None:
+        loop.call_later(hold, _send_unless_closed, protocol, data, addr)
+
+    async def impaired_data(data: bytes, addr: Any) -> None:
+        hold = decide(data)
+        if hold is None:
+            return
+        if hold > 0:
+            later(hold, data, addr)
+        else:
+            await send_data(data, addr)
+
+    def impaired_stun(message: Any, addr: Any) -> None:
+        data = bytes(message)
+        hold = decide(data)
+        if hold is None:
+            return
+        if hold > 0:
+            later(hold, data, addr)
+        else:
+            send_stun(message, addr)
+
+    protocol.send_data = impaired_data
+    protocol.send_stun = impaired_stun
+
+
+def _as_delay(drop: DatagramFilter) -> DatagramDelay:
+    return lambda data: None if drop(data) else 0.0
+
+
+def _receive_unless_closed(protocol: Any, receive: Any, data: bytes, addr: Any) -> None:
+    transport = protocol.transport
+    if transport is not None and not transport.is_closing():
+        receive(data, addr)
+
+
+def _send_unless_closed(protocol: Any, data: bytes, addr: Any) -> None:
+    transport = protocol.transport
+    if transport is not None and not transport.is_closing():
+        transport.sendto(data, addr)
+
+
+async def send_raw_rtp(pc: RTCPeerConnection, packet: bytes) -> None:
+    """Protect and send an RTP packet built by hand on an aiortc peer (test clients).
+
+    aiortc cannot send simulcast; a test publisher writes each layer's packets itself.
+    """
+    await dtls_transport(pc)._send_rtp(packet)
 
 
 def on_keyframe_request(sender: Any, callback: Callable[[], None]) -> None:
@@ -525,3 +734,154 @@ def on_keyframe_request(sender: Any, callback: Callable[[], None]) -> None:
     own encoder; a sender fed pre-encoded media (the load generator) must hear it instead.
     """
     sender._send_keyframe = callback
+
+
+# --- ICE restart in place (aiortc 1.16 has none) ------------------------------------------
+#
+# An ICE restart keeps the peer connection, its DTLS association and SRTP keys, and
+# replaces only what ICE negotiates: fresh local ufrag/pwd, the remote's new ones, new
+# candidate pairs and a new nomination, on the same aioice Connection (so the datagram
+# hooks and the DTLS receive loop stay where they are). Until the new pair is nominated
+# the old one keeps carrying traffic, as RFC 8445 section 9 asks.
+
+_ICE_UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
+_ICE_PWD = re.compile(r"^a=ice-pwd:(\S+)", re.MULTILINE)
+
+
+class IceRestartError(RuntimeError):
+    """The peer connection cannot restart ICE (not negotiated or not yet connected)."""
+
+
+def _ice_connection(pc: RTCPeerConnection) -> Any:
+    dtls = dtls_transport(pc)
+    if dtls is None:
+        raise IceRestartError("the peer connection has no transport yet")
+    return dtls.transport._connection
+
+
+def ice_credentials(sdp: str) -> tuple[str, str] | None:
+    """(ufrag, pwd) of a description (bundled: the first ones apply to every m-line)."""
+    ufrag, pwd = _ICE_UFRAG.search(sdp), _ICE_PWD.search(sdp)
+    if ufrag is None or pwd is None:
+        return None
+    return ufrag.group(1).strip(), pwd.group(1).strip()
+
+
+def is_ice_restart(pc: RTCPeerConnection, remote_sdp: str) -> bool:
+    """Does this remote description carry other ICE credentials than the ones in use?"""
+    dtls = dtls_transport(pc)
+    credentials = ice_credentials(remote_sdp)
+    if dtls is None or credentials is None:
+        return False
+    current = dtls.transport._connection.remote_username
+    return current is not None and credentials[0] != current
+
+
+def begin_ice_restart(pc: RTCPeerConnection) -> None:
+    """New local ICE credentials and an empty check list; call before creating the
+    offer or answer that carries them. The old pair keeps carrying media until
+    :func:`finish_ice_restart` nominates a new one."""
+    connection = _ice_connection(pc)
+    if not connection._nominated and not getattr(connection, "sfu_previous", None):
+        raise IceRestartError("ICE never connected: negotiate afresh instead")
+    _keep_previous_pair(connection)
+    if connection._nominated:
+        connection.sfu_previous = dict(connection._nominated)
+    task = getattr(connection, "sfu_restart", None)
+    if task is not None:
+        task.cancel()  # a restart of a restart: the newest wins
+    if connection._query_consent_task is not None:
+        connection._query_consent_task.cancel()  # it would use the old password
+        connection._query_consent_task = None
+    for pair in connection._check_list:
+        if pair.task is not None:
+            pair.task.cancel()
+    connection._nominated.clear()
+    connection._nominating.clear()
+    connection._check_list = []
+    connection._check_list_done = False
+    connection._check_list_state = asyncio.Queue()
+    connection._early_checks.clear()
+    connection._early_checks_done = False  # checks arriving now wait for connect()
+    connection._remote_candidates = []
+    connection._remote_candidates_end = False
+    connection.remote_username = None
+    connection.remote_password = None
+    # RFC 8839: ufrag at least 4, pwd at least 22 characters (aioice uses the same).
+    connection._local_username = secrets.token_hex(4)
+    connection._local_password = secrets.token_hex(16)
+    dtls = dtls_transport(pc)
+    dtls.transport.iceGatherer._remote_candidates_end = False
+
+
+def finish_ice_restart(pc: RTCPeerConnection, remote_sdp: str) -> asyncio.Task[bool]:
+    """With the remote description applied (its candidates added by aiortc), run the
+    connectivity checks; the task returns True once a new pair is nominated."""
+    connection = _ice_connection(pc)
+    credentials = ice_credentials(remote_sdp)
+    if credentials is None:
+        raise IceRestartError("the remote description has no ICE credentials")
+    connection.remote_username, connection.remote_password = credentials
+
+    async def run() -> bool:
+        try:
+            await connection.connect()
+        except ConnectionError:
+            return False
+        connection.sfu_previous = {}
+        return True
+
+    task = asyncio.get_running_loop().create_task(run())
+    connection.sfu_restart = task
+    return task
+
+
+def _keep_previous_pair(connection: Any) -> None:
+    """Per-instance ``sendto``/``recvfrom`` that fall back to the pair in use before a
+    restart while no new one is nominated (aioice would raise "not connected", which
+    ends aiortc's RTP sender and DTLS receive loops for good)."""
+    if "sendto" in vars(connection):
+        return
+    connection.sfu_previous = {}
+
+    async def sendto(data: bytes, component: int) -> None:
+        pair = connection._nominated.get(component) or connection.sfu_previous.get(component)
+        if pair is None:
+            raise ConnectionError("Cannot send data, not connected")
+        await pair.protocol.send_data(data, pair.remote_addr)
+
+    async def recvfrom() -> tuple[bytes, int]:
+        if not connection._nominated and not connection.sfu_previous:
+            raise ConnectionError("Cannot receive data, not connected")
+        result: tuple[bytes, int] | None = await connection._queue.get()
+        if result is None:
+            raise ConnectionError("Connection lost while receiving data")
+        return result
+
+    connection.sendto = sendto
+    connection.recvfrom = recvfrom
+
+
+async def add_host_candidates(pc: RTCPeerConnection, addresses: Sequence[str]) -> int:
+    """Gather host candidates on new local addresses (a client whose network changed)
+    and offer only those from now on; returns how many sockets were opened."""
+    connection = _ice_connection(pc)
+    candidates = await connection.get_component_candidates(component=1, addresses=list(addresses))
+    connection._local_candidates = list(candidates)
+    return len(candidates)
+
+
+def missing_packets(receiver: RTCRtpReceiver) -> set[int]:
+    """Sequence numbers an aiortc video receiver still misses (its NACK generator's set).
+
+    aiortc NACKs a hole once, when it first sees it, and asks again only when a newer
+    hole appears; a lost retransmission then stalls its 512-packet jitter buffer for
+    seconds. Our client re-asks for these (as libwebrtc does) with :func:`send_nack`.
+    """
+    generator = getattr(receiver, "_RTCRtpReceiver__nack_generator", None)
+    return set(generator.missing) if generator is not None else set()
+
+
+async def send_nack(receiver: RTCRtpReceiver, media_ssrc: int, lost: Sequence[int]) -> None:
+    """Send a generic NACK for ``lost`` on the receiver's transport."""
+    await receiver._send_rtcp_nack(media_ssrc, list(lost))

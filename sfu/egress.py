@@ -1,7 +1,8 @@
 """Egress: the subscribe side of one participant's media path.
 
 Consumers write RTP straight to the transport; this routes the subscriber's RTCP
-(NACK, PLI/FIR, receiver reports, REMB) back to them and sends their sender reports.
+(NACK, PLI/FIR, receiver reports, REMB) back to them, sends their sender reports and, at
+the same pace, lets simulcast consumers re-choose their layer.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class Egress:
                 for ssrc in message.ssrcs:
                     consumer = consumers.get(ssrc)
                     if consumer is not None:
-                        consumer.on_remb(message.bitrate)
+                        consumer.on_remb(message.bitrate, now)
 
     def _observe(self, consumer: Consumer, block: ReportBlock) -> None:
         """Feed the /metrics RTT, jitter and loss histograms (RTCP rate: about 1/s)."""
@@ -87,5 +88,7 @@ class Egress:
             )
 
     def periodic(self, now: float) -> list[bytes]:
+        for consumer in self.consumers.values():
+            consumer.adapt(now)  # simulcast layer choice, at the RTCP pace
         reports = (consumer.sender_report(now) for consumer in self.consumers.values())
         return [report for report in reports if report is not None]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+import secrets
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -17,9 +17,19 @@ if TYPE_CHECKING:
     from sfu.producer import Producer
     from sfu.room import Room
 
-__all__ = ["Participant"]
+__all__ = ["Connection", "Participant"]
 
 OUTBOX_LIMIT = 1000
+
+
+class Connection(Protocol):
+    """The signalling connection a participant is attached to."""
+
+    def replaced(self) -> None:
+        """Another connection took this participant over."""
+
+    def disconnect(self, code: int) -> None:
+        """Flush what is queued, then close with ``code`` (the participant then leaves)."""
 
 
 class Participant:
@@ -45,8 +55,11 @@ class Participant:
         self.unsubscribed: set[str] = set()
         self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_LIMIT)
         self.overflowed = False
-        # Set by the signalling session: flush the outbox, then close with this code.
-        self.disconnect: Callable[[int], None] = _not_connected
+        # Proves "I am this participant" to a later `join` after the socket dropped.
+        self.resume_secret = secrets.token_urlsafe(24)
+        self.connection: Connection | None = None  # the signalling session attached now, if any
+        self.expiry: asyncio.Task[None] | None = None  # leaves unless resumed in time
+        self.give_up = asyncio.Event()  # set: a detached participant leaves now (draining)
         self.log = structlog.get_logger(__name__).bind(room=room.id, participant=participant_id)
         self.publisher = Publisher(
             participant_id, media, on_added=room.producer_added, on_removed=room.producer_removed
@@ -56,6 +69,12 @@ class Participant:
     def describe(self) -> dict[str, str]:
         """The ``participant`` object of protocol v1."""
         return {"id": self.id, "identity": self.identity, "role": self.role}
+
+    def fresh_outbox(self) -> None:
+        """Start a new connection's outbox: what was queued for the old one is dropped
+        (a resumed client gets the current state instead)."""
+        self.outbox = asyncio.Queue(OUTBOX_LIMIT)
+        self.overflowed = False
 
     def can(self, grant: str) -> bool:
         return grant in self.grants
@@ -79,9 +98,7 @@ class Participant:
             self.subscriber.want(producer)
 
     async def close(self) -> None:
+        if self.expiry is not None and self.expiry is not asyncio.current_task():
+            self.expiry.cancel()
         await self.publisher.close()
         await self.subscriber.close()
-
-
-def _not_connected(code: int) -> None:
-    return None

@@ -2,14 +2,16 @@
 
 The client offers, we answer. Each sending m-line becomes a :class:`Producer`; the
 answer is restricted to the one codec we forward for it, so the publisher cannot
-switch to a codec its subscribers never negotiated.
+switch to a codec its subscribers never negotiated. A simulcast m-line (``a=simulcast``)
+becomes one producer with a layer per rid; aiortc's answer gets the receive side added.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -22,6 +24,7 @@ from sfu.ingress import Ingress
 from sfu.peer_connection import MediaConfig, announce_address, new_peer_connection
 from sfu.producer import Producer
 from sfu.sdp_guard import SdpError, validate_offer
+from sfu.simulcast_sdp import SimulcastOffer, add_simulcast_to_answer, offered_simulcast
 from sfu.transport import MediaTransport
 
 __all__ = ["Publisher"]
@@ -51,16 +54,47 @@ class Publisher:
         self._on_removed = on_removed
         self.ingress = Ingress(on_stale=self._remove, stale_after_s=media.stale_after_s)
         self.transport: MediaTransport | None = None
+        self.ice_restarts = 0  # publish offers that restarted ICE
         self._lock = asyncio.Lock()
+        self._offers = 0  # publish offers received and not yet applied
+        self._settled = asyncio.Event()
+        self._settled.set()
         self._closed = False
 
-    async def negotiate(self, offer: str) -> tuple[str, list[Producer]]:
-        """Apply a publish offer; returns (answer SDP, producers added by it)."""
+    def expect_offer(self) -> None:
+        """An offer arrived (its negotiation may start later): trickled candidates that
+        follow it must wait for it, or an ICE restart would discard them."""
+        self._offers += 1
+        self._settled.clear()
+
+    def offer_done(self) -> None:
+        self._offers = max(0, self._offers - 1)
+        if not self._offers:
+            self._settled.set()
+
+    @property
+    def is_settled(self) -> bool:
+        """No offer received is waiting to be applied."""
+        return self._settled.is_set()
+
+    async def settled(self) -> None:
+        """Wait (bounded) until every offer received so far has been applied."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), NEGOTIATION_TIMEOUT_S)
+
+    async def negotiate(
+        self, offer: str, sources: Mapping[str, str] | None = None
+    ) -> tuple[str, list[Producer]]:
+        """Apply a publish offer; returns (answer SDP, producers added by it).
+
+        ``sources`` marks new tracks by mid ("camera", "microphone", "screen")."""
         summary = validate_offer(offer)
+        _check_sources(sources or {}, {mid: kind for kind, mid, _, _ in summary.media})
         try:
             parsed = bridge.parse_sdp(offer)
         except Exception as exc:  # noqa: BLE001 - aiortc's parser raises anything
             raise SdpError(f"the offer does not parse ({type(exc).__name__})") from None
+        simulcast = offered_simulcast(offer)
         async with self._lock:
             if self._closed:
                 raise SdpError("the participant is leaving")
@@ -79,11 +113,26 @@ class Publisher:
                 raise SdpError(
                     f"the offer could not be negotiated ({type(exc).__name__})"
                 ) from None
-            added = self._update_producers(parsed, summary.media)
+            added = self._update_producers(parsed, summary.media, simulcast, sources or {})
+        answer = add_simulcast_to_answer(answer, self._simulcast_accepted(simulcast))
         return announce_address(answer, self._media.announce_ip), added
+
+    def _simulcast_accepted(self, offers: dict[str, SimulcastOffer]) -> dict[str, SimulcastOffer]:
+        """The simulcast m-lines whose producer has layers (a renegotiation keeps them)."""
+        return {
+            mid: layers
+            for mid, layers in offers.items()
+            if mid in self.producers and self.producers[mid].simulcast
+        }
 
     async def _answer(self, offer: str) -> str:
         pc = self._peer_connection()
+        restart = bridge.is_ice_restart(pc, offer)
+        if restart:
+            try:
+                bridge.begin_ice_restart(pc)  # our answer then carries new credentials
+            except bridge.IceRestartError as exc:
+                raise SdpError(f"ICE restart: {exc}") from None
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         for transceiver in pc.getTransceivers():
             if not isinstance(transceiver.receiver, bridge.ForwardingReceiver):
@@ -98,6 +147,9 @@ class Publisher:
         await pc.setLocalDescription(answer)
         assert self.transport is not None
         self.transport.attach()
+        if restart:
+            self.transport.restart_ice(offer)
+            self.ice_restarts += 1
         return str(pc.localDescription.sdp)
 
     def _peer_connection(self) -> Any:
@@ -119,7 +171,11 @@ class Publisher:
         return pc
 
     def _update_producers(
-        self, parsed: Any, media_summary: Sequence[tuple[str, str, str, frozenset[str]]]
+        self,
+        parsed: Any,
+        media_summary: Sequence[tuple[str, str, str, frozenset[str]]],
+        simulcast: dict[str, SimulcastOffer],
+        sources: Mapping[str, str],
     ) -> list[Producer]:
         assert self.transport is not None
         transceivers = {t.mid: t for t in self.transport.pc.getTransceivers()}
@@ -141,6 +197,11 @@ class Publisher:
             for ext in extensions:
                 if ext.uri == MID_URI:
                     self.ingress.mid_extension_id = ext.id
+            layers = simulcast.get(mid)
+            if layers is not None:
+                # Bundled m-lines share one id space: one pair of ids serves them all.
+                self.ingress.rid_extension_id = layers.rid_ext_id
+                self.ingress.repaired_rid_extension_id = layers.repaired_rid_ext_id
             producer = Producer(
                 track_id=new_id("TR"),
                 participant_id=self.participant_id,
@@ -153,6 +214,8 @@ class Publisher:
                 feedback=self.ingress,
                 now=now,
                 audio_level_id=_audio_level_id(kind, extensions),
+                source=sources.get(mid),
+                rids=layers.rids if layers is not None else (),
             )
             self.producers[mid] = producer
             self.ingress.add(producer)
@@ -195,6 +258,18 @@ class Publisher:
         self.ingress.close()
         if self.transport is not None:
             await self.transport.close()
+
+
+_SOURCE_KINDS = {"camera": ("video",), "microphone": ("audio",), "screen": ("audio", "video")}
+
+
+def _check_sources(sources: Mapping[str, str], kinds: Mapping[str, str]) -> None:
+    """Each marked mid must be in the offer, with a source that fits its kind."""
+    for mid, source in sources.items():
+        if mid not in kinds:
+            raise SdpError(f"'sources' names mid {mid[:32]!r}, which the offer does not have")
+        if kinds[mid] not in _SOURCE_KINDS.get(source, ()):
+            raise SdpError(f"a {kinds[mid]} track cannot be a {source!r} source")
 
 
 def _signalled_ssrcs(media: Any) -> tuple[int | None, int | None]:

@@ -22,6 +22,8 @@ _HEX_FINGERPRINT = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2})+$")
 _FINGERPRINT_ALGORITHMS = {"sha-1", "sha-224", "sha-256", "sha-384", "sha-512"}
 _SETUP_ROLES = {"actpass", "active", "passive"}
 _DIRECTIONS = {"sendrecv", "sendonly", "recvonly", "inactive"}
+_RID = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
+MAX_SIMULCAST_LAYERS = 3
 _NEEDS_VALUE = {
     "rtpmap",
     "fmtp",
@@ -146,6 +148,7 @@ def _check_media(m: _Media, session: dict[str, list[str]]) -> None:
     for value in m.attrs.get("msid", []):
         if not value.split():
             raise SdpError("a=msid is empty")
+    _check_simulcast(m)
     directions = [d for d in _DIRECTIONS if d in m.attrs]
     if len(directions) > 1:
         raise SdpError("more than one direction attribute in an m= line")
@@ -170,6 +173,31 @@ def _check_media(m: _Media, session: dict[str, list[str]]) -> None:
             raise SdpError("a=fingerprint must be '<sha-256|...> AA:BB:...'")
     if not find("ice-ufrag") or not find("ice-pwd"):
         raise SdpError("a=ice-ufrag and a=ice-pwd are required")
+
+
+def _check_simulcast(m: _Media) -> None:
+    """``a=rid``/``a=simulcast`` (RFC 8851/8853): send-only layers of a video m-line, at most 3."""
+    rids: set[str] = set()
+    for value in m.attrs.get("rid", []):
+        bits = value.split()
+        if len(bits) < 2 or not _RID.match(bits[0]) or bits[1] not in ("send", "recv"):
+            raise SdpError("a=rid must be '<id of 1-16 letters, digits, - or _> send|recv'")
+        if bits[1] != "send" or m.kind != "video":
+            raise SdpError("only video layers sent by the client (a=rid:<id> send) are accepted")
+        if bits[0] in rids:
+            raise SdpError(f"a=rid:{bits[0]} is declared twice")
+        rids.add(bits[0])
+    lines = m.attrs.get("simulcast", [])
+    if not lines:
+        return
+    direction, _, streams = lines[0].partition(" ")
+    if len(lines) > 1 or direction != "send":
+        raise SdpError("one a=simulcast:send line per m-line; the server sends no simulcast")
+    chosen = [s.split(",")[0].lstrip("~") for s in streams.strip().split(";")]
+    if len(chosen) > MAX_SIMULCAST_LAYERS:
+        raise SdpError(f"at most {MAX_SIMULCAST_LAYERS} simulcast layers")
+    if len(set(chosen)) != len(chosen) or not set(chosen) <= rids:
+        raise SdpError("a=simulcast must list each declared a=rid at most once")
 
 
 def validate_offer(text: object) -> OfferSummary:

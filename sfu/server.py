@@ -49,7 +49,10 @@ class Server:
         self.recordings = recordings  # consent-gated recorder (None: recording disabled)
         self.worker_id = worker_id
         self.rooms: RoomRegistry = rooms if rooms is not None else LocalRoomRegistry()
-        self.node_id = settings.node_id or default_node_id()
+        # In a cluster a node id must be unique per process; alone, the host name names it.
+        self.node_id = settings.node_id or (
+            default_node_id() if settings.redis_url else socket.gethostname()
+        )
         # Which node hosts a room: this one (no Redis) or the cluster's claim (sfu.cluster).
         self.placement: RoomPlacement = placement or LocalPlacement(self.node_id)
         self.cluster: ClusterNode | None = None  # with --redis (set by server_main)
@@ -132,7 +135,10 @@ class Server:
             message["url"] = url
         for participant in list(room.participants.values()):
             participant.send(message)
-            participant.disconnect(1012)
+            if participant.connection is None:
+                participant.give_up.set()  # detached: nothing to resume here, leave now
+            else:
+                participant.connection.disconnect(1012)
         log.warning("room_evicted", room=room_id, participants=len(room.participants), to=url)
 
     # --- draining ---------------------------------------------------------------------
@@ -152,6 +158,8 @@ class Server:
             for participant in room.participants.values():
                 participant.send({"type": "server.draining", "deadline": remaining})
                 participants += 1
+                if participant.connection is None:
+                    participant.give_up.set()  # no socket to resume here: leave now
         log.info("draining", deadline_s=remaining, participants=participants)
 
     def drain_remaining(self) -> float:

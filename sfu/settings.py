@@ -46,6 +46,9 @@ public_url               SFU_PUBLIC_URL          --public-url          ws(s)://h
 cluster_ttl_s            SFU_CLUSTER_TTL         --cluster-ttl         3 (node and room claim TTL)
 placement                SFU_PLACEMENT           --placement           local (or least-loaded)
 drain_deadline_s         SFU_DRAIN_DEADLINE      --drain-deadline      300
+workers                  SFU_WORKERS             --workers             1 (N, or auto: one per core)
+ice_port_range           SFU_ICE_PORT_RANGE      --ice-port-range      none (any free UDP port)
+resume_window_s          SFU_RESUME_WINDOW       --resume-window       30 (0: no resumption)
 max_message_bytes        -                       -                     65536
 subscriber_queue_bytes   -                       -                     262144 (256 KiB)
 =======================  ======================  ====================  ==========================
@@ -57,6 +60,7 @@ import argparse
 import ipaddress
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +81,7 @@ __all__ = [
     "SettingsError",
     "add_serve_arguments",
     "is_loopback_host",
+    "usable_cores",
 ]
 
 DEFAULT_HOST = "127.0.0.1"
@@ -98,6 +103,7 @@ _HOSTNAME_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_TURN_TTL_S = 7 * 86400.0
 _MAX_DRAIN_DEADLINE_S = 86400.0
+_MAX_RESUME_WINDOW_S = 3600.0
 _MIN_WEBHOOK_KEY_LEN = 32
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -444,6 +450,50 @@ def _check_public_url(value: object) -> None:
         raise SettingsError("must be a URL without spaces or control characters")
     if not urlsplit(value).hostname:
         raise SettingsError(f"has no host: {value!r}")
+MAX_WORKERS = 256
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1: ``--workers auto``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _parse_workers(raw: str) -> int:
+    value = raw.strip().lower()
+    if value == "auto":
+        return usable_cores()
+    try:
+        return int(value, 10)
+    except ValueError:
+        raise SettingsError(f"must be a worker count or 'auto', got {raw!r}") from None
+
+
+def _check_workers(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise SettingsError(f"must be in 1..{MAX_WORKERS} (or 'auto'), got {value!r}")
+
+
+def _parse_port_range(raw: str) -> tuple[int, int]:
+    low, sep, high = raw.strip().partition("-")
+    if not sep:
+        raise SettingsError(f"must be LOW-HIGH, e.g. 40000-40999, got {raw!r}")
+    return (_parse_int(low), _parse_int(high))
+
+
+def _check_port_range(value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, tuple) or len(value) != 2:
+        raise SettingsError("must be a (low, high) pair of UDP ports")
+    low, high = value
+    for port in value:
+        if isinstance(port, bool) or not isinstance(port, int) or not 1024 <= port <= 65535:
+            raise SettingsError(f"ports must be in 1024..65535, got {port!r}")
+    if low > high:
+        raise SettingsError(f"low port {low} is above high port {high}")
 
 
 def is_loopback_host(host: str) -> bool:
@@ -484,6 +534,9 @@ _check_retry_max = _check_seconds(minimum=0.0, maximum=86400.0, inclusive_min=Fa
 _check_cluster_ttl = _check_seconds(minimum=1.0, maximum=300.0, inclusive_min=True)
 _check_drain_deadline = _check_seconds(
     minimum=0.0, maximum=_MAX_DRAIN_DEADLINE_S, inclusive_min=True
+)
+_check_resume_window = _check_seconds(
+    minimum=0.0, maximum=_MAX_RESUME_WINDOW_S, inclusive_min=True
 )
 
 OPTIONS: tuple[Option, ...] = (
@@ -584,6 +637,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("drain_deadline_s", "SFU_DRAIN_DEADLINE", "--drain-deadline", "SECONDS",
            "on SIGTERM, wait at most this long for participants to leave (default 300; "
            "SIGINT waits at most 5)", _parse_float, _check_drain_deadline),
+    Option("workers", "SFU_WORKERS", "--workers", "N|auto",
+           "worker processes behind the one port, rooms placed by load; auto: one per core "
+           "(default 1: a single process)", _parse_workers, _check_workers),
+    Option("ice_port_range", "SFU_ICE_PORT_RANGE", "--ice-port-range", "LOW-HIGH",
+           "UDP ports for ICE host candidates, split evenly between workers "
+           "(default: any free port)", _parse_port_range, _check_port_range),
+    Option("resume_window_s", "SFU_RESUME_WINDOW", "--resume-window", "SECONDS",
+           "a participant whose signalling connection drops is kept this long for a "
+           "'join' with 'resume' (default 30; 0 disables)", _parse_float, _check_resume_window),
     Option("max_message_bytes", None, None, "BYTES",
            "largest signalling message accepted", None, _check_positive_int),
     Option("subscriber_queue_bytes", None, None, "BYTES",
@@ -639,6 +701,9 @@ class Settings:
     cluster_ttl_s: float = 3.0
     placement: str = "local"
     drain_deadline_s: float = 300.0
+    workers: int = 1
+    ice_port_range: tuple[int, int] | None = None
+    resume_window_s: float = 30.0
     max_message_bytes: int = 65536
     subscriber_queue_bytes: int = 256 * 1024
 
@@ -660,6 +725,10 @@ class Settings:
             raise SettingsError(
                 "--node-id and --public-url (SFU_NODE_ID, SFU_PUBLIC_URL) need --redis"
             )
+        if self.ice_port_range is not None and (
+            self.ice_port_range[1] - self.ice_port_range[0] + 1 < self.workers
+        ):
+            raise SettingsError("--ice-port-range needs at least one port per worker")
         if self.webhook_urls and not self.webhook_key:
             raise SettingsError(
                 "webhooks are always signed: --webhook-url needs --webhook-key (SFU_WEBHOOK_KEY)"
@@ -741,6 +810,9 @@ class Settings:
             "cluster_ttl_s": self.cluster_ttl_s,
             "placement": self.placement,
             "drain_deadline_s": self.drain_deadline_s,
+            "workers": self.workers,
+            "ice_port_range": list(self.ice_port_range) if self.ice_port_range else None,
+            "resume_window_s": self.resume_window_s,
             "max_message_bytes": self.max_message_bytes,
             "subscriber_queue_bytes": self.subscriber_queue_bytes,
         }

@@ -20,6 +20,7 @@ from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from sfu import aiortc_bridge as bridge
 from sfu.consumer import Consumer
 from sfu.egress import Egress
+from sfu.layer_choice import Preference
 from sfu.peer_connection import MediaConfig, announce_address, new_peer_connection
 from sfu.producer import Producer
 from sfu.sdp_guard import validate_answer
@@ -54,8 +55,12 @@ class Subscriber:
         # Ended m-lines, reusable by a track of the same codec: (transceiver, last consumer).
         self._idle: list[tuple[Any, Consumer]] = []
         self._paused: dict[str, bool] = {}
+        self._preferences: dict[str, Preference] = {}
         self._answer: asyncio.Future[str] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._offer: dict[str, Any] | None = None  # the last offer sent, for a resend
+        self._unanswered = False  # the last offer timed out: offer again when asked
+        self._ice_restart = False  # the next offer restarts ICE (until one is answered)
         self._dirty = False
         self._closed = False
 
@@ -76,6 +81,13 @@ class Subscriber:
         if consumer is not None:
             consumer.set_paused(paused, time.monotonic())
 
+    def set_preference(self, track_id: str, preference: Preference) -> None:
+        """Which simulcast layer this participant wants of a track (``track.settings``)."""
+        self._preferences[track_id] = preference
+        consumer = self.consumers.get(track_id)
+        if consumer is not None:
+            consumer.set_preference(preference, time.monotonic())
+
     # --- negotiation ----------------------------------------------------------------
 
     def _schedule(self) -> None:
@@ -83,15 +95,34 @@ class Subscriber:
         if not self._closed and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._negotiate())
 
+    def restart_ice(self) -> bool:
+        """Offer new ICE credentials (the client's network changed); False before the
+        subscribe PC exists."""
+        if self.transport is None or self._closed:
+            return False
+        self._ice_restart = True
+        self._schedule()
+        return True
+
+    def resend_offer(self) -> None:
+        """The client reconnected: send the unanswered offer again (or a fresh one if
+        it timed out meanwhile), since the old socket may have swallowed it."""
+        if self._answer is not None and not self._answer.done() and self._offer is not None:
+            self._send(self._offer)
+        elif self._unanswered:
+            self._schedule()
+
     async def _negotiate(self) -> None:
         while self._dirty and not self._closed:
             self._dirty = False
-            if not self._apply_changes():
+            if not self._apply_changes() and not (self._unanswered or self._ice_restart):
                 continue
+            self._unanswered = False
             try:
                 await self._offer_and_wait()
             except TimeoutError:
                 log.warning("subscribe_answer_timeout", participant=self.participant_id)
+                self._unanswered = True
                 return
             except Exception as exc:  # noqa: BLE001 - keep the session alive
                 log.warning(
@@ -144,6 +175,9 @@ class Subscriber:
         bridge.set_sender_identity(transceiver.sender, producer.participant_id, producer.id)
         if self._paused.get(producer.id):
             consumer.set_paused(True, time.monotonic())
+        preference = self._preferences.get(producer.id)
+        if preference is not None:
+            consumer.set_preference(preference, time.monotonic())
         producer.add_consumer(consumer)
         self.egress.add(consumer)
         self.consumers[producer.id] = consumer
@@ -180,24 +214,33 @@ class Subscriber:
     async def _offer_and_wait(self) -> None:
         assert self.transport is not None
         pc = self.transport.pc
+        restart = self._ice_restart
+        if restart:
+            try:
+                bridge.begin_ice_restart(pc)
+            except bridge.IceRestartError as exc:
+                log.info("ice_restart_skipped", participant=self.participant_id, reason=str(exc))
+                restart = self._ice_restart = False
         offer = await pc.createOffer()
         await pc.setLocalDescription(offer)
         self.transport.attach()
         mids = {t.mid: track_id for track_id, t in self._transceivers.items()}
         self._answer = asyncio.get_running_loop().create_future()
         self.negotiations += 1
-        self._send(
-            {
-                "type": "offer",
-                "sdp": announce_address(pc.localDescription.sdp, self._media.announce_ip),
-                "tracks": mids,
-            }
-        )
+        self._offer = {
+            "type": "offer",
+            "sdp": announce_address(pc.localDescription.sdp, self._media.announce_ip),
+            "tracks": mids,
+        }
+        self._send(self._offer)
         try:
             answer = await asyncio.wait_for(self._answer, ANSWER_TIMEOUT_S)
         finally:
             self._answer = None
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        if restart:
+            self._ice_restart = False
+            self.transport.restart_ice(answer)
 
     def on_answer(self, sdp: str) -> bool:
         """The client's answer to our offer; False if none is outstanding.

@@ -52,6 +52,8 @@ class TransportCounters:
     dropped_unready: int = 0
     dropped_srtp: int = 0
     dropped_queue_full: int = 0
+    ice_restarts: int = 0  # in-place ICE restarts completed (a new pair nominated)
+    ice_restart_failures: int = 0
 
 
 class MediaTransport:
@@ -98,6 +100,28 @@ class MediaTransport:
         self._rx, self._tx = sessions
         self._route = route
         self._remote = route.remote
+
+    def restart_ice(self, remote_sdp: str) -> None:
+        """After a description with new ICE credentials has been applied (ours and theirs
+        both known): check the new candidate pairs, then send on the nominated one."""
+        task = bridge.finish_ice_restart(self.pc, remote_sdp)
+        started = time.monotonic()
+
+        def done(task: asyncio.Task[bool]) -> None:
+            if task.cancelled() or self._closed:
+                return
+            if task.exception() is not None or not task.result():
+                self.counters.ice_restart_failures += 1
+                log.warning("ice_restart_failed")
+                return
+            self.counters.ice_restarts += 1
+            if self._dtls is not None:
+                route = bridge.selected_route(self._dtls)
+                if route is not None:
+                    self._route, self._remote = route, route.remote
+            log.info("ice_restarted", seconds=round(time.monotonic() - started, 3))
+
+        task.add_done_callback(done)
 
     async def close(self) -> None:
         self._closed = True

@@ -9,19 +9,37 @@ their node's last heartbeat wrote (at most ``--cluster-ttl``/3 old). Redis unrea
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from sfu.cluster.node import CpuMeter
 from sfu.cluster.placement import ClusterUnavailable
-from sfu.server import Server
-from signaling.http_api import ApiError, authenticate, error_response
+from signaling.http_api import ApiError, authenticate, error_response, node_name
 
-__all__ = ["setup_cluster_api"]
+if TYPE_CHECKING:  # the workers' supervisor imports this module without the media stack
+    from sfu.server import Server
+
+__all__ = ["local_rooms", "setup_cluster_api"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Listing = Callable[[web.Request], Awaitable[dict[str, Any]]]
+
+
+def local_rooms(node: str, by_worker: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
+    """This node's rooms with participants, from each worker's room → participants map:
+    ``[{"id", "node", "workers": [ids], "participants"}]`` sorted by id."""
+    merged: dict[str, dict[str, Any]] = {}
+    for worker, rooms in by_worker.items():
+        for room, count in rooms.items():
+            if count <= 0:
+                continue
+            entry = merged.setdefault(
+                room, {"id": room, "node": node, "workers": [], "participants": 0}
+            )
+            entry["workers"].append(worker)
+            entry["participants"] += count
+    return [merged[room] for room in sorted(merged)]
 
 
 def _admin(server: Server, listing: Listing) -> Handler:
@@ -54,13 +72,7 @@ def setup_cluster_api(app: web.Application, server: Server) -> None:
     async def rooms(request: web.Request) -> dict[str, Any]:
         live = server.local_load().rooms
         if server.cluster is None:
-            return {
-                "rooms": [
-                    {"id": room, "node": server.node_id, "workers": [server.worker_id],
-                     "participants": count}
-                    for room, count in sorted(live.items())
-                ]
-            }  # fmt: skip
+            return {"rooms": local_rooms(node_name(), {server.worker_id: live})}
         records = await server.cluster.state.rooms()
         result = []
         for record in records:

@@ -11,12 +11,14 @@ from aiortc.sdp import candidate_from_sdp
 
 from sfu.cluster.placement import ClusterUnavailable
 from sfu.ids import new_id
+from sfu.layer_choice import QUALITIES, Preference
 from sfu.participant import Participant
 from sfu.sdp_guard import SdpError
 from sfu.tokens import TokenError
 from signaling.access import verify_access_token
 from signaling.consent_handlers import CONSENT_HANDLERS
 from signaling.messages import ProtocolError, optional, require
+from signaling.resume import MAX_SECRET_CHARS, claim
 
 if TYPE_CHECKING:
     from sfu.producer import Producer
@@ -27,7 +29,7 @@ __all__ = ["HANDLERS", "dispatch"]
 
 Handler = Callable[["SignalSession", dict[str, Any], "str | None"], Awaitable[None]]
 MAX_TRACKS_PER_REQUEST = 64
-QUALITIES = ("low", "medium", "high")
+SOURCES = ("camera", "microphone", "screen")
 
 
 async def dispatch(session: SignalSession, message: dict[str, Any], request_id: str | None) -> None:
@@ -103,6 +105,16 @@ async def on_join(session: SignalSession, message: dict[str, Any], request_id: s
     asked_room = optional(message, "room", str, max_len=128)
     if asked_room is not None and asked_room != claims.room:
         raise ProtocolError("forbidden", "the token is for another room")
+    secret = optional(message, "resume", str, max_len=MAX_SECRET_CHARS)
+    if secret is not None:
+        # Before placement: a kept participant's room is held here already (it still
+        # counts), so resuming neither asks the cluster nor re-claims the room.
+        resumed = claim(server.rooms.get(claims.room), secret, claims.identity)
+        if resumed is not None:
+            await _resume(session, resumed, request_id)
+            return
+        # Unknown, expired or someone else's: a fresh join (`resumed` false tells the
+        # client to publish again and rebuild its peer connections).
     try:
         placement = await server.placement.place(claims.room)
     except ClusterUnavailable:
@@ -127,21 +139,50 @@ async def on_join(session: SignalSession, message: dict[str, Any], request_id: s
     session.room = room
     session.log = participant.log
     session.start_writer(participant)
-    session.reply(
-        request_id,
-        {
-            "type": "joined",
-            "participant": participant.describe(),
-            "room": room.describe(),
-            "participants": [p.describe() for p in room.participants.values()],
-            "tracks": [t.describe() for t in room.tracks.values()],
-            "recording": _recording_state(session, room),
-            "ice_servers": server.ice_servers_for(participant.id),
-        },
-    )
+    session.reply(request_id, _joined_message(session, participant, room, resumed=False))
     room.join(participant)
     if server.recordings is not None:
         await server.recordings.participant_joined(room, participant)
+
+
+def _joined_message(
+    session: SignalSession, participant: Participant, room: Room, *, resumed: bool
+) -> dict[str, Any]:
+    """``joined``; ``resume``, ``resume_window`` and ``resumed`` are additions to v1."""
+    server = session.server
+    return {
+        "type": "joined",
+        "participant": participant.describe(),
+        "room": room.describe(),
+        "participants": [p.describe() for p in room.participants.values() if p is not participant],
+        "tracks": [t.describe() for t in room.tracks.values()],
+        "recording": _recording_state(session, room),
+        "ice_servers": server.ice_servers_for(participant.id),
+        "resume": participant.resume_secret,
+        "resume_window": server.settings.resume_window_s,
+        "resumed": resumed,
+    }
+
+
+async def _resume(session: SignalSession, participant: Participant, request_id: str | None) -> None:
+    """Attach this connection to a kept participant and resend what it may have missed."""
+    server, room = session.server, participant.room
+    previous = participant.connection
+    if previous is not None and previous is not session:
+        previous.replaced()  # two sockets: the newest wins
+    participant.fresh_outbox()
+    session.room = room
+    session.log = participant.log
+    session.start_writer(participant)
+    session.reply(request_id, _joined_message(session, participant, room, resumed=True))
+    # Events queued for the dead socket were dropped: `joined` carries the state, and what
+    # needs an answer is asked again.
+    participant.subscriber.resend_offer()
+    if server.draining:
+        session.send({"type": "server.draining", "deadline": server.drain_remaining()})
+    if server.recordings is not None:
+        server.recordings.participant_resumed(room, participant)
+    participant.log.info("participant_resumed")
 
 
 async def on_publish(
@@ -150,10 +191,15 @@ async def on_publish(
     participant, room = _joined(session)
     _need(participant, "publish")
     sdp = require(message, "sdp", str)
+    sources = _sources(message)
+    restarts = participant.publisher.ice_restarts
     try:
-        answer, added = await participant.publisher.negotiate(sdp)
+        answer, added = await participant.publisher.negotiate(sdp, sources)
     except SdpError as exc:
         raise ProtocolError("bad_request", f"publish: {exc}") from None
+    if participant.publisher.ice_restarts != restarts:
+        # The client's network changed: its subscribe path is as dead as its publish path.
+        participant.subscriber.restart_ice()
     # `mid` (an addition to v1) maps each track to the client's own transceiver.
     tracks = [{**p.describe(), "mid": p.mid} for p in participant.publisher.producers.values()]
     session.reply(request_id, {"type": "published", "sdp": answer, "tracks": tracks})
@@ -161,6 +207,21 @@ async def on_publish(
     if recordings is not None:
         for producer in added:  # a consented participant's new track joins its recording
             recordings.producer_added(room, producer)
+
+
+def _sources(message: dict[str, Any]) -> dict[str, str]:
+    """``publish.sources`` (an addition to v1): {mid: "camera" | "microphone" | "screen"}."""
+    sources = optional(message, "sources", dict)
+    if sources is None:
+        return {}
+    if len(sources) > MAX_TRACKS_PER_REQUEST or not all(
+        isinstance(mid, str) and 0 < len(mid) <= 32 and source in SOURCES
+        for mid, source in sources.items()
+    ):
+        raise ProtocolError(
+            "bad_request", "'sources' maps m-line ids to 'camera', 'microphone' or 'screen'"
+        )
+    return dict(sources)
 
 
 async def on_answer(
@@ -183,6 +244,8 @@ async def on_candidate(
     which = require(message, "pc", str)
     if which not in ("publish", "subscribe"):
         raise ProtocolError("bad_request", "'pc' must be 'publish' or 'subscribe'")
+    if which == "publish":
+        await participant.publisher.settled()  # after the offer it follows, not before
     pc = participant.publisher.pc if which == "publish" else participant.subscriber.pc
     if pc is None:
         raise ProtocolError("bad_request", f"there is no {which} peer connection yet")
@@ -284,10 +347,30 @@ async def on_track_settings(
     paused = optional(message, "paused", bool)
     if quality is None and width is None and paused is None:
         raise ProtocolError("bad_request", "give 'quality', 'width'+'height' or 'paused'")
-    # With one layer per track (no simulcast yet) quality and size select nothing;
-    # pausing stops forwarding that track to this subscriber until it is resumed.
+    # Quality or rendered size choose the simulcast layer (nothing to choose without
+    # simulcast); pausing stops forwarding that track to this subscriber until resumed.
+    if quality is not None or width is not None:
+        participant.subscriber.set_preference(
+            producer.id, Preference(quality=quality, width=width, height=height)
+        )
     if paused is not None:
         participant.subscriber.set_paused(producer.id, paused)
+    _ok(session, request_id)
+
+
+async def on_ice_restart(
+    session: SignalSession, message: dict[str, Any], request_id: str | None
+) -> None:
+    """``ice.restart`` {``pc``: "subscribe"} (an addition to v1): re-offer the subscribe PC
+    with new ICE credentials. The publish PC restarts by a ``publish`` offer with new ones."""
+    participant, _ = _joined(session)
+    which = optional(message, "pc", str) or "subscribe"
+    if which != "subscribe":
+        raise ProtocolError(
+            "bad_request", "only 'subscribe': restart the publish PC with a new 'publish' offer"
+        )
+    if not participant.subscriber.restart_ice():
+        raise ProtocolError("conflict", "there is no subscribe peer connection to restart")
     _ok(session, request_id)
 
 
@@ -308,6 +391,7 @@ HANDLERS: dict[str, Handler] = {
     "unsubscribe": on_unsubscribe,
     "mute": on_mute,
     "track.settings": on_track_settings,
+    "ice.restart": on_ice_restart,
     "leave": on_leave,
     "ping": on_ping,
 }

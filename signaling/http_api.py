@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from sfu.server import Server
+if TYPE_CHECKING:  # the workers' supervisor imports this module without the media stack
+    from sfu.server import Server
+
+from sfu.keys import KeyStore
+from sfu.settings import Settings
 from sfu.tokens import TokenError
 from signaling.access import (
     AccessClaims,
@@ -38,7 +43,10 @@ __all__ = [
     "STATUS_BY_CODE",
     "ApiError",
     "authenticate",
+    "authenticate_with",
     "error_response",
+    "node_name",
+    "rooms_response",
     "setup_http_api",
 ]
 
@@ -88,16 +96,18 @@ def error_response(code: str, message: str) -> web.Response:
 
 def authenticate(request: web.Request, server: Server) -> AccessClaims:
     """The verified claims of the request's bearer token; raises ApiError (401)."""
+    return authenticate_with(request, server.keys, server.settings)
+
+
+def authenticate_with(request: web.Request, keys: KeyStore, settings: Settings) -> AccessClaims:
+    """:func:`authenticate` without a Server (the workers' supervisor has none)."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError("unauthenticated", "send 'Authorization: Bearer <access token>'")
     try:
         return verify_access_token(
-            server.keys,
-            token.strip(),
-            issuer=server.settings.issuer,
-            leeway_s=server.settings.token_leeway_s,
+            keys, token.strip(), issuer=settings.issuer, leeway_s=settings.token_leeway_s
         )
     except TokenError as exc:
         raise ApiError("unauthenticated", f"invalid token: {exc}") from None
@@ -189,6 +199,29 @@ def _sessions_handler(server: Server) -> Handler:
     return create_session
 
 
+def node_name() -> str:
+    """This node's name in ``GET /v1/rooms`` (the host name)."""
+    return socket.gethostname()
+
+
+def rooms_response(
+    request: web.Request,
+    keys: KeyStore,
+    settings: Settings,
+    rooms: list[dict[str, Any]],
+) -> web.Response:
+    """``GET /v1/rooms`` (admin): ``{"rooms": [{"id", "node", "workers", "participants"}]}``."""
+    try:
+        claims = authenticate_with(request, keys, settings)
+        if not claims.can("admin"):
+            raise ApiError("forbidden", "listing rooms needs the 'admin' grant")
+    except ApiError as exc:
+        return error_response(exc.code, exc.message)
+    ordered = sorted(rooms, key=lambda room: str(room["id"]))
+    return web.json_response({"rooms": ordered}, headers={"Cache-Control": "no-store"})
+
+
 def setup_http_api(app: web.Application, server: Server) -> None:
     """Register the HTTP API routes of ``server`` on ``app``."""
     app.router.add_post("/v1/sessions", _sessions_handler(server))
+    # GET /v1/rooms is signaling.cluster_api's (cluster-aware, same shape).

@@ -117,7 +117,7 @@ def security_headers(request: web.Request) -> dict[str, str]:
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
         "Permissions-Policy": (
-            "camera=(self), microphone=(self), display-capture=(), geolocation=(), "
+            "camera=(self), microphone=(self), display-capture=(self), geolocation=(), "
             "payment=(), usb=()"
         ),
         "X-Frame-Options": "DENY",

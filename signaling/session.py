@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMessage, WSMsgType, web
 
 from signaling.messages import ProtocolError, error_message, parse_frame
 
@@ -24,12 +24,14 @@ if TYPE_CHECKING:
     from sfu.room import Room
     from sfu.server import Server
 
-__all__ = ["CLOSE_RATE_LIMITED", "CLOSE_UNAUTHENTICATED", "SignalSession"]
+__all__ = ["CLOSE_RATE_LIMITED", "CLOSE_REPLACED", "CLOSE_UNAUTHENTICATED", "SignalSession"]
 
 log = structlog.get_logger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_RATE_LIMITED = 4429
+CLOSE_REPLACED = 4409  # another connection resumed this participant
+CLIENT_LEFT = (1000, 1001)  # close codes a client sends when it means to go
 MESSAGES_PER_SECOND = 50.0
 MESSAGE_BURST = 200.0
 ERRORS_BEFORE_CUTOFF = 20
@@ -52,6 +54,7 @@ class SignalSession:
         self._errors: list[float] = []
         self._writer: asyncio.Task[None] | None = None
         self._close_code: int | None = None
+        self._dropped = False  # the socket ended without the client meaning to leave
         self._background: set[asyncio.Task[None]] = set()
         self._kicked: asyncio.Task[None] | None = None
 
@@ -90,7 +93,7 @@ class SignalSession:
 
     def start_writer(self, participant: Participant) -> None:
         self.participant = participant
-        participant.disconnect = self.disconnect
+        participant.connection = self
         for message in self._pending:
             participant.send(message)
         self._pending = []
@@ -112,13 +115,28 @@ class SignalSession:
             await asyncio.wait([writer], timeout=2.0)
         await self.ws.close(code=code)
 
+    def replaced(self) -> None:
+        """Another connection resumed this participant: this one stops speaking for it."""
+        self._close_code = CLOSE_REPLACED
+        if self._writer is not None:
+            self._writer.cancel()
+        task = asyncio.get_running_loop().create_task(self._close_replaced())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _close_replaced(self) -> None:
+        await self.ws.close(code=CLOSE_REPLACED, message=b"resumed on another connection")
+
     # --- the read loop ----------------------------------------------------------------
 
     async def run(self) -> None:
         from signaling.handlers import dispatch
 
         try:
-            async for frame in self.ws:
+            while True:
+                frame = await self.ws.receive()
+                if self._close_code == CLOSE_REPLACED:
+                    break  # resumed elsewhere: nothing more from this socket counts
                 if frame.type == WSMsgType.TEXT:
                     await self._on_text(frame.data, dispatch)
                 elif frame.type == WSMsgType.BINARY:
@@ -129,6 +147,7 @@ class SignalSession:
                         ),
                     )
                 else:
+                    self._dropped = _dropped(frame)
                     break
                 if self.participant is None:
                     await self._flush_pending()
@@ -150,16 +169,34 @@ class SignalSession:
         except ProtocolError as exc:
             self._refuse(exc.request_id, self._before_join(exc))
             return
-        if message["type"] in CONCURRENT and self.participant is not None:
-            # Negotiating a publish takes a while; the answer to the subscribe offer and
-            # candidates must not wait behind it (the publisher serialises its own offers).
-            task = asyncio.get_running_loop().create_task(
-                self._handle(dispatch, message, request_id)
-            )
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        participant = self.participant
+        if message["type"] in CONCURRENT and participant is not None:
+            # Negotiating a publish takes a while; the answer to the subscribe offer must
+            # not wait behind it (the publisher serialises its own offers, and publish
+            # candidates that follow wait for it, beside the read loop too).
+            publisher = participant.publisher
+            publisher.expect_offer()
+            task = self._beside(dispatch, message, request_id)
+            task.add_done_callback(lambda _: publisher.offer_done())
+            return
+        if (
+            message["type"] == "candidate"
+            and message.get("pc") == "publish"
+            and participant is not None
+            and not participant.publisher.is_settled
+        ):
+            self._beside(dispatch, message, request_id)
             return
         await self._handle(dispatch, message, request_id)
+
+    def _beside(
+        self, dispatch: Any, message: dict[str, Any], request_id: str | None
+    ) -> asyncio.Task[None]:
+        """Handle a message in a task of its own, beside the read loop."""
+        task = asyncio.get_running_loop().create_task(self._handle(dispatch, message, request_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def _handle(self, dispatch: Any, message: dict[str, Any], request_id: str | None) -> None:
         try:
@@ -205,23 +242,59 @@ class SignalSession:
         self._tokens -= 1
 
     async def _finish(self) -> None:
-        for task in self._background:
-            task.cancel()
+        from signaling.resume import detach, end_participant
+
         participant, room = self.participant, self.room
-        if participant is not None and self._writer is not None:
+        mine = participant is not None and participant.connection is self
+        resumable = mine and self._resumable()
+        if (mine and not resumable) or participant is None:
+            # Detached or replaced: a publish in flight finishes (the PC outlives the socket).
+            for task in self._background:
+                task.cancel()
+        if mine and participant is not None and self._writer is not None:
             try:
                 participant.outbox.put_nowait(None)  # flush what is queued, then stop
             except asyncio.QueueFull:
                 self._writer.cancel()
             await asyncio.wait([self._writer], timeout=2.0)
             self._writer.cancel()
+        elif self._writer is not None:
+            self._writer.cancel()  # replaced: the outbox belongs to the new connection
         else:
             with contextlib.suppress(ConnectionError):
                 await self._flush_pending()
         if not self.ws.closed:
             await self.ws.close(code=self._close_code or 1000)
-        if participant is not None and room is not None:
-            await room.leave(participant)
-            if self.server.recordings is not None:
-                await self.server.recordings.participant_left(room, participant)
-            self.server.release_room(room)
+        if not mine or participant is None or room is None:
+            return
+        if resumable:
+            detach(self.server, room, participant)
+        else:
+            participant.connection = None
+            await end_participant(self.server, room, participant)
+
+    def _resumable(self) -> bool:
+        """Did the connection drop (rather than the client or the server ending it)?"""
+        server = self.server
+        return (
+            server.settings.resume_window_s > 0
+            and self._close_code is None
+            and self.participant is not None
+            and not self.participant.overflowed
+            and not (server.closing or server.draining)
+            and self._dropped
+        )
+
+
+def _dropped(frame: WSMessage) -> bool:
+    """Whether the frame that ended a session means the network, not the client, ended it.
+
+    Kept for a resume: no close frame at all (EOF, reset, missed heartbeat) or a close
+    frame with a code other than 1000/1001 (e.g. 4000, a client reconnecting). Ended:
+    1000/1001 ("I left") and protocol violations (oversize frames: 1009).
+    """
+    if frame.type == WSMsgType.CLOSE:
+        return frame.data not in CLIENT_LEFT
+    if frame.type == WSMsgType.ERROR:
+        return not isinstance(frame.data, WebSocketError)
+    return frame.type == WSMsgType.CLOSED

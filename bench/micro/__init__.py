@@ -33,6 +33,7 @@ import pylibsrtp
 from sfu import aiortc_bridge as bridge
 from sfu.codec import Codec
 from sfu.consumer import Consumer, ConsumerState
+from sfu.layers import Layer
 from sfu.packet_cache import PacketCache
 from sfu.producer import Producer
 from sfu.rtp import translate_extensions
@@ -104,7 +105,7 @@ def srtp_pair(profile: int) -> tuple[pylibsrtp.Session, pylibsrtp.Session]:
 
 
 class _FeedbackStub:
-    def request_keyframe(self, producer: Producer) -> None:
+    def request_keyframe(self, producer: Producer, layer: Layer) -> None:
         pass
 
     def nack_pending(self, producer: Producer) -> None:

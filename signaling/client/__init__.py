@@ -28,7 +28,8 @@ Received tracks are decoded by aiortc into an unbounded per-track queue: consume
 Local tracks passed to :meth:`Participant.publish` stay owned by the caller (never stopped).
 """
 
-from signaling.client.participant import Participant
+from signaling.client.impair import Impairment, LinkModel
+from signaling.client.participant import Participant, impair_peer_connection
 from signaling.client.sdp import (
     answer_offer,
     create_offer,
@@ -47,6 +48,8 @@ from signaling.client.signal import (
 )
 
 __all__ = [
+    "Impairment",
+    "LinkModel",
     "Message",
     "Participant",
     "ProtocolError",
@@ -57,6 +60,7 @@ __all__ = [
     "answer_offer",
     "create_offer",
     "ice_candidate",
+    "impair_peer_connection",
     "offered_tracks",
     "received_tracks",
     "rtc_configuration",

@@ -20,6 +20,9 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
+from sfu import aiortc_bridge as bridge
+from signaling.client.impair import Impairment, LinkModel
+from signaling.client.renack import renack_forever
 from signaling.client.sdp import (
     answer_offer,
     create_offer,
@@ -38,6 +41,8 @@ from signaling.client.signal import (
 )
 
 logger = logging.getLogger(__name__)
+
+RECONNECTING = 4000  # our close code for a socket given up for a new one (not a leave)
 
 
 class Participant:
@@ -58,6 +63,9 @@ class Participant:
         drain: bool = False,
         use_server_ice_servers: bool = False,
         timeout: float = DEFAULT_TIMEOUT,
+        impair_send: Impairment | None = None,
+        impair_receive: Impairment | None = None,
+        renack: bool = True,
     ) -> None:
         self.signal = signal
         self.publish_pc: RTCPeerConnection | None = None
@@ -71,17 +79,25 @@ class Participant:
         self.remote_tracks: dict[str, MediaStreamTrack] = {}
         self.errors: list[BaseException] = []
         self.subscribe_negotiations = 0
+        self.token: str | None = None  # the access token of the last join (for resume)
+        # ICE restarts in progress or done: each task returns True once a new pair works.
+        self.ice_restarts: list[asyncio.Task[bool]] = []
         self._on_track = on_track
         self._drain = drain
         self._timeout = timeout
         self._use_server_ice = use_server_ice_servers
         self._senders: dict[str, RTCRtpTransceiver] = {}
+        self._sources: dict[RTCRtpTransceiver, str] = {}
         self._publish_lock = asyncio.Lock()
         self._publish_candidates: list[Message] = []
         self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
         self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._impair = (impair_send, impair_receive)
+        self._renack = renack
+        self.link_models: dict[str, LinkModel] = {}
+        """``publish.send``, ``subscribe.receive``, ...: the impairment applied, with counts."""
         signal.add_listener(self._on_message)
         self._spawn(self._run_inbox(), "participant-inbox")
 
@@ -98,6 +114,9 @@ class Participant:
         use_server_ice_servers: bool = False,
         max_redirects: int = 3,
         timeout: float = DEFAULT_TIMEOUT,
+        impair_send: Impairment | None = None,
+        impair_receive: Impairment | None = None,
+        renack: bool = True,
     ) -> Participant:
         """Connect to ``url``, ``join`` with ``token`` (following ``redirect``s) and
         publish ``publish_tracks`` if any.
@@ -107,6 +126,11 @@ class Participant:
         ``use_server_ice_servers`` configures both peer connections with
         ``joined.ice_servers`` (TURN); by default no ICE servers are used.
         ``video_codec`` (e.g. ``"video/H264"``) is offered first for video tracks.
+        ``impair_send`` / ``impair_receive`` impair what this participant's peer
+        connections send / receive, below SRTP (``signaling.client.impair``), from
+        their first negotiation on. ``renack`` asks again for video packets still
+        missing every 100 ms, up to 10 times, as browsers do (``signaling.client.renack``);
+        load generators with their own NACK logic turn it off.
         """
         for _ in range(max_redirects + 1):
             signal = await SignalClient.connect(url, timeout=timeout)
@@ -116,7 +140,11 @@ class Participant:
                 drain=drain,
                 use_server_ice_servers=use_server_ice_servers,
                 timeout=timeout,
+                impair_send=impair_send,
+                impair_receive=impair_receive,
+                renack=renack,
             )
+            participant.token = token
             try:
                 reply = await signal.request({"type": "join", "token": token}, timeout)
                 if reply["type"] == "redirect":
@@ -151,6 +179,74 @@ class Participant:
         """The room id (from ``joined.room.id``)."""
         return str(self.joined["room"]["id"])
 
+    @property
+    def resume_secret(self) -> str | None:
+        """``joined.resume``: lets a new connection take this participant over."""
+        secret = self.joined.get("resume")
+        return secret if isinstance(secret, str) else None
+
+    # reconnecting
+
+    async def resume(
+        self, url: str | None = None, token: str | None = None, timeout: float | None = None
+    ) -> bool:
+        """Open a new signalling connection and ``join`` with ``resume``.
+
+        True: the server kept this participant (same id, tracks, subscriptions, peer
+        connections). False: it did not (window expired): this is now a fresh
+        participant with a new id, and the caller must publish again on new peer
+        connections. The old connection is closed either way.
+        """
+        token = token or self.token
+        if token is None:
+            raise ValueError("resume needs the access token used to join")
+        old = self.signal
+        signal = await SignalClient.connect(url or old.url, timeout=self._t(timeout))
+        signal.add_listener(self._on_message)
+        self.signal = signal
+        message: dict[str, Any] = {"type": "join", "token": token}
+        if self.resume_secret is not None:
+            message["resume"] = self.resume_secret
+        try:
+            reply = await signal.request(message, self._t(timeout))
+        finally:
+            # Never close the old socket with 1000 first: that means "I left". A resumed
+            # server closes it itself (4409); give that a moment to arrive.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await old.wait_closed(1.0)
+            await old.close(code=RECONNECTING, timeout=1.0)
+        if reply.get("type") != "joined":
+            raise ProtocolError(f"expected joined, got {reply.get('type')}")
+        self.token = token
+        return bool(reply.get("resumed"))
+
+    async def restart_ice(
+        self, timeout: float | None = None, *, host_addresses: Sequence[str] = ()
+    ) -> None:
+        """Restart ICE on both peer connections, keeping DTLS, SRTP and every track.
+
+        The publish PC offers new credentials (``publish``); the server then re-offers
+        the subscribe PC with new ones too (or, with no publish PC, is asked to with
+        ``ice.restart``). ``host_addresses``: gather new host candidates there first,
+        as a client that moved to another network would. Returns once both new offers
+        and answers are applied; :attr:`ice_restarts` tell when connectivity is back.
+        """
+        for pc in (self.publish_pc, self.subscribe_pc):
+            if pc is not None and host_addresses:
+                await bridge.add_host_candidates(pc, host_addresses)
+        answered = self.subscribe_negotiations
+        if self.publish_pc is not None:
+            async with self._publish_lock:
+                await self._negotiate_publish(timeout, ice_restart=True)
+        elif self.subscribe_pc is not None:
+            await self.signal.request({"type": "ice.restart", "pc": "subscribe"}, self._t(timeout))
+        if self.subscribe_pc is not None:
+            async with self._changed:
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: self.subscribe_negotiations > answered),
+                    self._t(timeout),
+                )
+
     # publishing
 
     async def publish(
@@ -159,14 +255,19 @@ class Participant:
         timeout: float | None = None,
         *,
         video_codec: str | None = None,
+        sources: Sequence[str | None] = (),
     ) -> list[str]:
         """Add ``tracks`` (sendonly) to the publish PC and renegotiate (``publish``).
 
+        ``sources`` marks each track ("camera", "microphone", "screen"; None: by kind).
         Returns the SFU track ids of ``tracks``, in order (see :attr:`published`).
         """
         async with self._publish_lock:
             pc = self._ensure_publish_pc()
             added = [pc.addTransceiver(track, direction="sendonly") for track in tracks]
+            for transceiver, source in zip(added, sources, strict=False):
+                if source is not None:
+                    self._sources[transceiver] = source
             if video_codec is not None:
                 for transceiver in added:
                     if transceiver.kind == "video":
@@ -188,14 +289,25 @@ class Participant:
             await _deactivate([transceiver])
             await self._negotiate_publish(timeout)
 
-    async def _negotiate_publish(self, timeout: float | None) -> list[Message]:
+    async def _negotiate_publish(
+        self, timeout: float | None, *, ice_restart: bool = False
+    ) -> list[Message]:
         pc = self.publish_pc
         assert pc is not None
+        if ice_restart:
+            bridge.begin_ice_restart(pc)  # the offer carries new ICE credentials
         offer = await create_offer(pc)
-        reply = await self.signal.request({"type": "publish", "sdp": offer}, self._t(timeout))
+        self._impair_pc(pc, "publish")
+        message: dict[str, Any] = {"type": "publish", "sdp": offer}
+        marked = {t.mid: source for t, source in self._sources.items() if t.mid is not None}
+        if marked:
+            message["sources"] = marked
+        reply = await self.signal.request(message, self._t(timeout))
         if reply.get("type") != "published" or not isinstance(reply.get("sdp"), str):
             raise ProtocolError(f"expected published with sdp, got {reply.get('type')}")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+        if ice_restart:
+            self.ice_restarts.append(bridge.finish_ice_restart(pc, reply["sdp"]))
         pending, self._publish_candidates = self._publish_candidates, []
         for candidate in pending:
             await pc.addIceCandidate(ice_candidate(candidate))
@@ -404,8 +516,16 @@ class Participant:
         """Apply a server offer on the subscribe PC (created on the first one) and answer."""
         if self.subscribe_pc is None:
             self.subscribe_pc = RTCPeerConnection(self._configuration())
+            if self._renack:
+                self._spawn(renack_forever(self.subscribe_pc), "subscribe-renack")
+        restart = bridge.is_ice_restart(self.subscribe_pc, sdp)
+        if restart:
+            bridge.begin_ice_restart(self.subscribe_pc)  # before its candidates are added
         answer = await answer_offer(self.subscribe_pc, sdp)
+        self._impair_pc(self.subscribe_pc, "subscribe")
         await self.signal.send({"type": "answer", "sdp": answer})
+        if restart:
+            self.ice_restarts.append(bridge.finish_ice_restart(self.subscribe_pc, sdp))
         self.subscribe_negotiations += 1
         await self._reconcile_remote_tracks(received_tracks(self.subscribe_pc, offered_tracks(sdp)))
 
@@ -442,6 +562,14 @@ class Participant:
 
     # plumbing
 
+    def _impair_pc(self, pc: RTCPeerConnection, name: str) -> None:
+        """Once per PC, after its sockets are gathered: apply the impairment, if any."""
+        send, receive = self._impair
+        if f"{name}.send" in self.link_models or f"{name}.receive" in self.link_models:
+            return
+        models = impair_peer_connection(pc, send, receive, 0 if name == "publish" else 2)
+        self.link_models.update({f"{name}.{way}": m for way, m in models.items()})
+
     def _configuration(self) -> RTCConfiguration:
         return rtc_configuration(self.ice_servers if self._use_server_ice else ())
 
@@ -452,6 +580,31 @@ class Participant:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def impair_peer_connection(
+    pc: RTCPeerConnection,
+    send: Impairment | None,
+    receive: Impairment | None,
+    stream: int = 0,
+) -> dict[str, LinkModel]:
+    """Impair what ``pc`` sends and/or receives from now on (call it once its sockets
+    are gathered, i.e. after ``setLocalDescription``). Returns the models applied, by
+    ``send`` / ``receive`` (their counters say what they did)."""
+    models: dict[str, LinkModel] = {}
+    if send is not None and not send.is_null:
+        models["send"] = send.model(stream)
+    if receive is not None and not receive.is_null:
+        models["receive"] = receive.model(stream + 1)
+    if models:
+        loop = asyncio.get_running_loop()
+        out, into = models.get("send"), models.get("receive")
+        bridge.impair_datagrams(
+            pc,
+            outgoing=None if out is None else lambda d: out.decide(len(d), loop.time()),
+            incoming=None if into is None else lambda d: into.decide(len(d), loop.time()),
+        )
+    return models
 
 
 def _ice_server(server: Mapping[str, Any]) -> RTCIceServer:

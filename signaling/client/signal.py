@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import secrets
+import socket
 import ssl as ssl_module
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -224,6 +225,14 @@ class SignalClient:
         """Wait until the server closes the connection; returns :attr:`closed_code`."""
         await asyncio.wait_for(self._closed.wait(), timeout)
         return self._close_code
+
+    def abort(self) -> None:
+        """Drop the TCP connection without a WebSocket close frame, as a network loss
+        or a dying proxy would (tests of session resumption)."""
+        sock = self._ws.get_extra_info("socket")  # asyncio's TransportSocket wrapper
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     async def close(self, code: int = 1000, timeout: float = 5.0) -> None:
         """Close the WebSocket (idempotent) and release the HTTP session."""

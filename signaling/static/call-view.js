@@ -12,6 +12,7 @@ import { acquire, deviceIdOf, listDevices, stopStream } from './media.js';
 import { h, show } from './dom.js';
 import { ProtocolError, SfuConnection, peekTokenClaims, signalUrl } from './protocol.js';
 import { ConsentDialog, RecordingBar, describeScope } from './recording-ui.js';
+import { ScreenShare } from './screen-share.js';
 import { Grid } from './tiles.js';
 
 /**
@@ -187,6 +188,7 @@ export class CallView {
     this.camButton = h('button', { type: 'button', class: 'control' });
     this.leaveButton = h('button', { type: 'button', class: 'control danger', text: 'Leave call' });
     this.soundButton = h('button', { type: 'button', class: 'control', text: 'Turn on sound', hidden: true });
+    this.screenShare = new ScreenShare((text, warn) => this.#setStatus(text, { warn: warn ?? false }));
     this.incallTitle = h(hx, {
       id: 'incall-title',
       class: 'visually-hidden',
@@ -204,6 +206,7 @@ export class CallView {
         { class: 'controls', role: 'group', 'aria-label': 'Call controls' },
         this.micButton,
         this.camButton,
+        this.screenShare.button,
         this.soundButton,
         this.leaveButton,
       ),
@@ -474,6 +477,7 @@ export class CallView {
       return;
     }
     this.metrics.joinedAt = performance.now();
+    if (this.canPublish) this.screenShare.attach(connection);
     this.#enterCall();
     const stream = this.stream ?? new MediaStream();
     for (const track of stream.getTracks()) {
@@ -528,7 +532,7 @@ export class CallView {
     for (const participant of connection.participants.values())
       this.grid.ensure(participant.id, participant.identity);
     for (const track of connection.tracks.values()) {
-      if (track.participant === connection.participant?.id) continue;
+      if (track.participant === connection.participant?.id || track.source === 'screen') continue;
       this.grid.tiles.get(track.participant)?.setMuted(track.kind, track.muted);
     }
     for (const [trackId, mediaTrack] of connection.remoteTracks)
@@ -545,6 +549,12 @@ export class CallView {
     const info = connection.tracks.get(trackId);
     if (!info) return;
     const owner = connection.participants.get(info.participant);
+    if (info.source === 'screen' && info.kind === 'video') {
+      const screen = this.grid.ensureScreen(info.participant, owner?.identity ?? 'Guest');
+      screen.setMuted('video', info.muted);
+      screen.setVideo(mediaTrack, trackId);
+      return;
+    }
     const tile = this.grid.ensure(info.participant, owner?.identity ?? 'Guest');
     tile.setMuted(info.kind, info.muted);
     if (info.kind === 'video') {
@@ -607,10 +617,12 @@ export class CallView {
         this.#reportPeople();
       }),
       on('track.published', ({ track }) => {
+        if (track.source === 'screen') return; // its tile comes with the media (remotetrack)
         if (track.participant !== connection.participant?.id)
           this.grid.tiles.get(track.participant)?.setMuted(track.kind, track.muted);
       }),
       on('track.updated', ({ track }) => {
+        if (track.source === 'screen') return;
         const tile = this.grid.tiles.get(track.participant);
         if (!tile || track.participant === connection.participant?.id) return;
         const was = tile.muted[track.kind];
@@ -621,6 +633,7 @@ export class CallView {
         }
       }),
       on('track.unpublished', ({ track }) => {
+        if (track.source === 'screen') return; // remotetrackended removes the screen tile
         const tile = this.grid.tiles.get(track.participant);
         if (tile && tile.trackIds[track.kind] === track.id) tile.setMuted(track.kind, null);
       }),
@@ -635,7 +648,8 @@ export class CallView {
       on('remotetrackended', ({ trackId }) => {
         const tile = this.grid.byTrack(trackId);
         if (!tile) return;
-        if (tile.trackIds.video === trackId) tile.setVideo(null, null);
+        if (tile.screen) this.grid.removeTile(tile.id);
+        else if (tile.trackIds.video === trackId) tile.setVideo(null, null);
         if (tile.trackIds.audio === trackId) void tile.setAudio(null, null);
       }),
       on('speaker.changed', ({ speakers }) => {
@@ -819,6 +833,7 @@ export class CallView {
   // --- leaving -------------------------------------------------------------------------
 
   #closeConnection() {
+    this.screenShare.attach(null);
     for (const off of this.#unsubscribe) off();
     this.#unsubscribe = [];
     this.connection?.close();
@@ -841,6 +856,7 @@ export class CallView {
     for (const off of this.#unsubscribe) off();
     this.#unsubscribe = [];
     this.connection = null;
+    this.screenShare.attach(null);
     this.#resetRecording();
     if (connection) await connection.leave();
     stopStream(this.stream);

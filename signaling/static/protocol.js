@@ -23,11 +23,18 @@
  * scope)` or `refuseConsent(request)`, and may `withdrawConsent({ erase })` later. Every change
  * arrives as `recording.state` (also kept in `sfu.recording`) — show "being recorded" from it.
  *
- * Reconnection: when the socket drops (or a peer connection's ICE fails) the connection re-joins
- * with the same token on a new socket, with exponential back-off, and re-publishes the same
- * local tracks (and their mute state) on fresh peer connections; the server gives the rejoined
- * client a new participant id and removes the old one when its socket closes. ICE restart in
- * place (keeping the participant and its peer connections) needs server support that comes later.
+ * Reconnection, cheapest first:
+ * - The signalling socket drops: the peer connections stay up (media keeps flowing) and a new
+ *   socket sends `join` with the `resume` secret from `joined` (exponential back-off). The server
+ *   keeps the participant for its resume window (30 s by default): same id, tracks,
+ *   subscriptions and consent; `joined.resumed` is true and nothing else changes.
+ * - A peer connection's ICE fails or stays disconnected, or the browser's network changes
+ *   (`online`, `navigator.connection` change): ICE restarts in place on both peer connections
+ *   (`restartIce()` + a new publish offer; the server re-offers the subscribe side with new
+ *   credentials, or is asked to with `ice.restart`). DTLS, SRTP and every track id stay.
+ * - Resumption refused (window over, another server) or ICE restart not working: a full re-join
+ *   with the same token, re-publishing the same local tracks (and mute state) on fresh peer
+ *   connections under a new participant id.
  *
  * Events (see {@link ConnectionEvents}); listen with `sfu.on(type, fn)`, which returns an
  * unsubscribe function, or with `addEventListener` (the detail is `CustomEvent.detail`).
@@ -64,7 +71,10 @@ const MAX_REDIRECTS = 3;
  * @property {string} participant
  * @property {boolean} muted
  * @property {string} [mid]
+ * @property {TrackSource} [source] what it shows (server addition; absent from older servers)
  */
+
+/** @typedef {'camera' | 'microphone' | 'screen'} TrackSource */
 
 /** @typedef {'audio' | 'video'} MediaKind */
 
@@ -111,6 +121,9 @@ const MAX_REDIRECTS = 3;
  * @property {TrackInfo[]} tracks
  * @property {RecordingState} recording
  * @property {RTCIceServer[]} ice_servers
+ * @property {string} [resume] secret that lets a new socket take this participant over
+ * @property {number} [resume_window] seconds the server keeps a dropped participant
+ * @property {boolean} [resumed] true when this `joined` resumed the same participant
  */
 
 /** @typedef {{ type: string, id?: string, [field: string]: unknown }} Message */
@@ -124,6 +137,18 @@ const MAX_REDIRECTS = 3;
  */
 
 /**
+ * Simulcast layers of a published video, highest first (the server reads the order so):
+ * full, half and quarter resolution. The browser sends only the layers the captured size
+ * allows (three from 960x540 up) and as many as its bandwidth estimate lets through.
+ * @type {RTCRtpEncodingParameters[]}
+ */
+const SIMULCAST_ENCODINGS = [
+  { rid: 'h', maxBitrate: 1_500_000 },
+  { rid: 'm', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'l', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+];
+
+/**
  * @typedef {object} ConnectionOptions
  * @property {boolean} [reconnect] re-join automatically after a drop (default true)
  * @property {number} [requestTimeoutMs] timeout of one request (default 10000)
@@ -131,10 +156,13 @@ const MAX_REDIRECTS = 3;
  * @property {number} [reconnectDelayMs] first back-off delay (default 500)
  * @property {number} [maxReconnectDelayMs] largest back-off delay (default 5000)
  * @property {number} [giveUpAfterMs] stop re-joining after this long (default 120000)
- * @property {number} [iceDisconnectedMs] an ICE `disconnected` this long counts as failed (default 8000)
+ * @property {number} [iceDisconnectedMs] an ICE `disconnected` this long restarts ICE (default 2000)
+ * @property {number} [iceRestartTimeoutMs] ICE restarted but not connected after this long: full
+ *   re-join on fresh peer connections (default 8000)
  * @property {number} [videoStallMs] a remote video that decodes no new frame this long (not muted, not
  *   paused) is nudged: paused and resumed, which makes the server ask its publisher for a keyframe
  *   (default 3000; 0 turns the watchdog off)
+ * @property {boolean} [simulcast] publish camera video as three simulcast layers (default true)
  * @property {(url: string) => WebSocket} [createSocket] for tests
  */
 
@@ -160,7 +188,8 @@ const MAX_REDIRECTS = 3;
  * Events of {@link SfuConnection} and their details.
  * @typedef {{
  *   'state': StateDetail,
- *   'joined': { joined: JoinedInfo, rejoin: boolean },
+ *   'joined': { joined: JoinedInfo, rejoin: boolean, resumed: boolean },
+ *   'icerestart': { reason: string },
  *   'published': { tracks: TrackInfo[] },
  *   'remotetrack': RemoteTrackDetail,
  *   'remotetrackended': { trackId: string, mid: string },
@@ -485,7 +514,7 @@ export class SfuConnection extends EventTarget {
    */
   consent = null;
 
-  /** @type {Array<{ track: MediaStreamTrack | null, kind: string }>} */
+  /** @type {Array<{ track: MediaStreamTrack | null, kind: string, source?: TrackSource }>} */
   #local = [];
   /** @type {MediaStream | null} */
   #localStream = null;
@@ -530,6 +559,16 @@ export class SfuConnection extends EventTarget {
   #stallTimer = null;
   /** How many stalled remote videos were nudged (see `videoStallMs`). */
   stallNudges = 0;
+  /** How many in-place ICE restarts this connection started. */
+  iceRestarts = 0;
+  /** The `resume` secret of our participant (null: the next join is a fresh one). @type {string | null} */
+  #resume = null;
+  /** @type {Promise<void> | null} */
+  #restarting = null;
+  /** @type {ReturnType<typeof setTimeout> | null} */
+  #restartWatch = null;
+  /** Removes the network-change listeners. @type {(() => void) | null} */
+  #unwatchNetwork = null;
 
   /**
    * @param {string} url the signalling URL (`ws(s)://host/v1/signal`); see {@link signalUrl}
@@ -548,8 +587,10 @@ export class SfuConnection extends EventTarget {
       reconnectDelayMs: options.reconnectDelayMs ?? 500,
       maxReconnectDelayMs: options.maxReconnectDelayMs ?? 5000,
       giveUpAfterMs: options.giveUpAfterMs ?? 120000,
-      iceDisconnectedMs: options.iceDisconnectedMs ?? 8000,
+      iceDisconnectedMs: options.iceDisconnectedMs ?? 2000,
+      iceRestartTimeoutMs: options.iceRestartTimeoutMs ?? 8000,
       videoStallMs: options.videoStallMs ?? 3000,
+      simulcast: options.simulcast ?? true,
       createSocket: options.createSocket,
     };
   }
@@ -624,15 +665,42 @@ export class SfuConnection extends EventTarget {
     this.#localStream = stream ?? this.#localStream ?? new MediaStream();
     const keep = new Set(tracks);
     for (const slot of this.#local) {
-      if (slot.track && !keep.has(slot.track)) slot.track = null;
+      if (slot.track && !keep.has(slot.track) && slot.source !== 'screen') slot.track = null;
     }
     for (const track of tracks) {
       if (this.#local.some((slot) => slot.track === track)) continue;
-      const free = this.#local.find((slot) => slot.track === null && slot.kind === track.kind);
+      const free = this.#local.find(
+        (slot) => slot.track === null && slot.kind === track.kind && slot.source !== 'screen',
+      );
       if (free) free.track = track;
       else this.#local.push({ track, kind: track.kind });
     }
     return this.#queuePublish();
+  }
+
+  /**
+   * Share a screen capture as an extra video track marked `source: "screen"` (beside the
+   * camera; `publish()` leaves it alone). Resolves with the server's track list.
+   * @param {MediaStreamTrack} track from `getDisplayMedia()`
+   * @returns {Promise<TrackInfo[]>}
+   */
+  shareScreen(track) {
+    if ('contentHint' in track && !track.contentHint) track.contentHint = 'detail';
+    const slot = this.#local.find((s) => s.source === 'screen' && s.track === null);
+    if (slot) slot.track = track;
+    else this.#local.push({ track, kind: track.kind, source: 'screen' });
+    return this.#queuePublish();
+  }
+
+  /** Stop sharing the screen (its track is not stopped here). @returns {Promise<TrackInfo[]>} */
+  stopScreenShare() {
+    for (const slot of this.#local) if (slot.source === 'screen') slot.track = null;
+    return this.#queuePublish();
+  }
+
+  /** The screen track being shared, if any. @returns {MediaStreamTrack | null} */
+  get screenTrack() {
+    return this.#local.find((s) => s.source === 'screen' && s.track)?.track ?? null;
   }
 
   /**
@@ -776,9 +844,84 @@ export class SfuConnection extends EventTarget {
     void this.#reconnect();
   }
 
-  /** Drop the socket and re-join (what a network blip does); for diagnostics and tests. */
+  /** Drop the socket and reconnect (what a network blip does); for diagnostics and tests. */
   dropConnection() {
     this.socket?.abandon('dropped on request');
+  }
+
+  /**
+   * Restart ICE on both peer connections in place (the network changed). Resolves once the new
+   * offers and answers are applied; media resumes when ICE reconnects (`pcstate` events).
+   * @param {string} [reason]
+   * @returns {Promise<void>}
+   */
+  restartIce(reason = 'requested') {
+    if (this.state !== 'joined' || (!this.publishPc && !this.subscribePc)) return Promise.resolve();
+    this.#restarting ??= this.#runIceRestart(reason).finally(() => {
+      this.#restarting = null;
+    });
+    return this.#restarting;
+  }
+
+  /** @param {string} reason */
+  async #runIceRestart(reason) {
+    this.iceRestarts += 1;
+    this.#emit('icerestart', { reason });
+    console.debug('oktorus: ICE restart', reason);
+    if (this.#restartWatch) clearTimeout(this.#restartWatch);
+    this.#restartWatch = setTimeout(() => {
+      this.#restartWatch = null;
+      const stuck = [this.publishPc, this.subscribePc].some(
+        (pc) => pc && pc.connectionState !== 'connected',
+      );
+      if (stuck) this.#forceRejoin('ICE restart did not reconnect');
+    }, this.options.iceRestartTimeoutMs);
+    try {
+      if (this.publishPc) {
+        // A publish offer with new credentials; the server then re-offers the subscribe side.
+        this.publishPc.restartIce();
+        await this.#queuePublish();
+      } else {
+        await this.request({ type: 'ice.restart', pc: 'subscribe' });
+      }
+    } catch (error) {
+      this.#forceRejoin(`ICE restart failed: ${asProtocolError(error).message}`);
+    }
+  }
+
+  /** Re-join as a new participant on fresh peer connections (resumption cannot help). @param {string} reason */
+  #forceRejoin(reason) {
+    this.#resume = null;
+    this.#forceReconnect(reason);
+  }
+
+  /** Restart ICE when the browser says its network changed. */
+  #watchNetwork() {
+    if (this.#unwatchNetwork || typeof window === 'undefined') return;
+    const online = () => {
+      if (this.state === 'reconnecting') this.reconnectNow();
+      else void this.restartIce('back online');
+    };
+    /** @type {(EventTarget & { type?: string }) | undefined} */
+    const connection = /** @type {{ connection?: EventTarget & { type?: string } }} */ (navigator).connection;
+    let type = connection?.type;
+    // `change` also fires for new bandwidth estimates: restart only for another network
+    // type (Wi-Fi → cellular) or when a peer connection is not connected anyway.
+    const changed = () => {
+      const now = connection?.type;
+      const moved = now !== type;
+      type = now;
+      const unwell = [this.publishPc, this.subscribePc].some(
+        (pc) => pc && pc.connectionState !== 'connected',
+      );
+      if (moved || unwell) online();
+    };
+    window.addEventListener('online', online);
+    connection?.addEventListener('change', changed);
+    this.#unwatchNetwork = () => {
+      window.removeEventListener('online', online);
+      connection?.removeEventListener('change', changed);
+    };
   }
 
   /** Leave the room: `leave`, then close everything. Local tracks are not stopped. */
@@ -824,7 +967,10 @@ export class SfuConnection extends EventTarget {
         if (this.socket === socket) this.#onSocketClose(code, reason);
       });
       await socket.opened(this.options.requestTimeoutMs);
-      const reply = await socket.request({ type: 'join', token: this.#token }, this.options.requestTimeoutMs);
+      /** @type {Message} */
+      const join = { type: 'join', token: this.#token };
+      if (rejoin && this.#resume) join.resume = this.#resume;
+      const reply = await socket.request(join, this.options.requestTimeoutMs);
       if (reply.type === 'redirect' && typeof reply.url === 'string' && /^wss?:\/\//.test(reply.url)) {
         this.#redirects += 1;
         if (this.#redirects > MAX_REDIRECTS) throw new ProtocolError('unreachable', 'too many redirects');
@@ -847,6 +993,10 @@ export class SfuConnection extends EventTarget {
    * @returns {JoinedInfo}
    */
   #onJoined(joined, rejoin) {
+    const resumed = rejoin && joined.resumed === true;
+    // Not resumed: a new participant, so the peer connections kept for a resume go.
+    if (rejoin && !resumed) this.#teardownMedia();
+    this.#resume = typeof joined.resume === 'string' ? joined.resume : null;
     this.joined = joined;
     this.participants = new Map(
       (Array.isArray(joined.participants) ? joined.participants : [])
@@ -859,10 +1009,12 @@ export class SfuConnection extends EventTarget {
     this.#attempt = 0;
     this.#droppedAt = null;
     this.recording = recordingStateOf(joined.recording);
-    this.consent = null; // a re-joined participant is a new one: asked again if still wanted
+    // A re-joined participant is a new one: asked again if still wanted. A resumed one keeps it.
+    if (!resumed) this.consent = null;
     this.#setState('joined');
     this.#startPing();
-    this.#emit('joined', { joined, rejoin });
+    this.#watchNetwork();
+    this.#emit('joined', { joined, rejoin, resumed });
     this.#emit('recording.state', this.recording);
     return joined;
   }
@@ -875,7 +1027,8 @@ export class SfuConnection extends EventTarget {
     this.socket = null;
     this.#stopPing();
     if (this.#leaving || this.state === 'closed' || this.state === 'connecting') return;
-    this.#teardownMedia();
+    // The peer connections stay up for a resume (media keeps flowing); a fresh join drops them.
+    if (!this.#resume) this.#teardownMedia();
     const error = new ProtocolError(
       code === CLOSE_UNAUTHENTICATED
         ? 'unauthenticated'
@@ -920,7 +1073,16 @@ export class SfuConnection extends EventTarget {
   async #reconnect() {
     if (this.#leaving || this.state !== 'reconnecting') return;
     try {
-      await this.#join(true);
+      const joined = await this.#join(true);
+      if (joined.resumed === true) {
+        // Same participant: tracks and subscriptions are kept. If the network changed too,
+        // the peer connections need new ICE paths.
+        const broken = [this.publishPc, this.subscribePc].some(
+          (pc) => pc && pc.connectionState !== 'connected' && pc.connectionState !== 'connecting',
+        );
+        if (broken) await this.restartIce('resumed on a new path');
+        return;
+      }
     } catch (error) {
       const failure = asProtocolError(error);
       if (this.#leaving) return;
@@ -973,6 +1135,8 @@ export class SfuConnection extends EventTarget {
   #teardownMedia() {
     if (this.#stallTimer) clearInterval(this.#stallTimer);
     this.#stallTimer = null;
+    if (this.#restartWatch) clearTimeout(this.#restartWatch);
+    this.#restartWatch = null;
     this.#videoProgress.clear();
     for (const [mid, trackId] of this.#midTracks) this.#emit('remotetrackended', { trackId, mid });
     this.#midTracks.clear();
@@ -997,6 +1161,9 @@ export class SfuConnection extends EventTarget {
   #shutdown() {
     if (this.#reconnectTimer) clearTimeout(this.#reconnectTimer);
     this.#reconnectTimer = null;
+    this.#unwatchNetwork?.();
+    this.#unwatchNetwork = null;
+    this.#resume = null;
     this.#stopPing();
     this.#teardownMedia();
   }
@@ -1120,11 +1287,17 @@ export class SfuConnection extends EventTarget {
       const timer = this.#iceTimers[name];
       if (timer) clearTimeout(timer);
       this.#iceTimers[name] = null;
-      if (pc.connectionState === 'failed') {
-        this.#forceReconnect(`${name} ICE failed`);
+      if (pc.connectionState === 'connected') {
+        const other = name === 'publish' ? this.subscribePc : this.publishPc;
+        if (this.#restartWatch && (!other || other.connectionState === 'connected')) {
+          clearTimeout(this.#restartWatch);
+          this.#restartWatch = null;
+        }
+      } else if (pc.connectionState === 'failed') {
+        void this.restartIce(`${name} ICE failed`);
       } else if (pc.connectionState === 'disconnected') {
         this.#iceTimers[name] = setTimeout(
-          () => this.#forceReconnect(`${name} ICE disconnected`),
+          () => void this.restartIce(`${name} ICE disconnected`),
           this.options.iceDisconnectedMs,
         );
       }
@@ -1190,7 +1363,11 @@ export class SfuConnection extends EventTarget {
           await transceiver.sender.replaceTrack(track);
           transceiver.direction = 'sendonly';
         } else {
-          transceiver = pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+          transceiver = pc.addTransceiver(track, {
+            direction: 'sendonly',
+            streams: [stream],
+            ...(track.kind === 'video' && this.options.simulcast ? { sendEncodings: SIMULCAST_ENCODINGS } : {}),
+          });
         }
         this.#senders.set(track, transceiver);
       }
@@ -1200,8 +1377,20 @@ export class SfuConnection extends EventTarget {
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
     const sdp = pc.localDescription?.sdp ?? offer.sdp ?? '';
-    const pendingReply = socket.request({ type: 'publish', sdp }, this.options.requestTimeoutMs);
+    /** @type {Message} */
+    const publish = { type: 'publish', sdp };
+    /** @type {Record<string, TrackSource>} */
+    const sources = {};
+    this.#local.forEach((slot, i) => {
+      const mid = transceivers[i]?.mid;
+      if (slot.source && slot.track && mid) sources[mid] = slot.source;
+    });
+    if (Object.keys(sources).length) publish.sources = sources;
+    // Nothing may be awaited between the offer and sending it: candidates it gathers
+    // must reach the server after it (an ICE restart would discard earlier ones).
+    const pendingReply = socket.request(publish, this.options.requestTimeoutMs);
     this.#allowTrickle('publish');
+    if (Object.keys(sources).length) await this.#favourResolution(transceivers);
     const reply = await pendingReply;
     if (this.publishPc !== pc) return []; // torn down meanwhile (re-join)
     if (typeof reply.sdp !== 'string') throw new ProtocolError('internal', "'published' without sdp");
@@ -1212,6 +1401,24 @@ export class SfuConnection extends EventTarget {
     await this.#restoreMutes(tracks);
     this.#emit('published', { tracks });
     return tracks;
+  }
+
+  /**
+   * Screen content: when bandwidth is short, keep the resolution and drop frames.
+   * @param {Array<RTCRtpTransceiver | undefined>} transceivers (in `#local` order)
+   */
+  async #favourResolution(transceivers) {
+    for (const [i, slot] of this.#local.entries()) {
+      const sender = transceivers[i]?.sender;
+      if (slot.source !== 'screen' || !slot.track || !sender) continue;
+      try {
+        const parameters = sender.getParameters();
+        parameters.degradationPreference = 'maintain-resolution';
+        await sender.setParameters(parameters);
+      } catch {
+        // not supported here (older browsers): the contentHint still says "detail"
+      }
+    }
   }
 
   /**

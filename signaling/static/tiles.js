@@ -14,11 +14,13 @@ export class Tile {
    * @param {string} id participant id (or "self")
    * @param {string} name shown under the video and used as the tile's accessible name
    * @param {boolean} self our own tile (mirrored preview, never plays its own audio)
+   * @param {boolean} [screen] someone's shared screen (shown large, whole, no audio)
    */
-  constructor(id, name, self) {
+  constructor(id, name, self, screen = false) {
     this.id = id;
     this.name = name;
     this.self = self;
+    this.screen = screen;
     /** Track ids shown here, by kind. @type {{ audio: string | null, video: string | null }} */
     this.trackIds = { audio: null, video: null };
     /** @type {{ audio: boolean | null, video: boolean | null }} null: not published */
@@ -37,7 +39,7 @@ export class Tile {
     this.article = h(
       'article',
       { class: 'tile-body', 'aria-label': self ? `${name} (you)` : name },
-      h('div', { class: 'media' }, this.video, this.avatar, self ? null : this.audio),
+      h('div', { class: 'media' }, this.video, this.avatar, self || screen ? null : this.audio),
       h(
         'p',
         { class: 'caption' },
@@ -45,7 +47,8 @@ export class Tile {
         this.badges,
       ),
     );
-    this.element = h('li', { class: self ? 'tile self' : 'tile', 'data-participant': id }, this.article);
+    const kind = self ? 'tile self' : screen ? 'tile screen' : 'tile';
+    this.element = h('li', { class: kind, 'data-participant': id }, this.article);
     this.render();
   }
 
@@ -103,6 +106,10 @@ export class Tile {
     this.element.classList.toggle('no-video', !videoOn);
     /** @type {Array<[string, string]>} */
     const badges = [];
+    if (this.screen) {
+      this.badges.replaceChildren(h('span', { class: 'badge screen', text: 'Screen share' }));
+      return;
+    }
     if (this.speaking) badges.push(['speaking', 'Speaking']);
     if (this.muted.audio !== false)
       badges.push(['mic-off', this.muted.audio === null ? 'No microphone' : 'Microphone off']);
@@ -149,8 +156,35 @@ export class Grid {
     return tile;
   }
 
-  /** @param {string} id */
+  /**
+   * The large tile showing this participant's shared screen, created if needed (first).
+   * @param {string} owner participant id
+   * @param {string} name the owner's name
+   * @returns {Tile}
+   */
+  ensureScreen(owner, name) {
+    const id = screenTileId(owner);
+    let tile = this.tiles.get(id);
+    if (!tile) {
+      tile = new Tile(id, `${name}'s screen`, false, true);
+      this.tiles.set(id, tile);
+      this.list.prepend(tile.element);
+      this.#layout();
+    }
+    return tile;
+  }
+
+  /** Remove a participant's tile (and its screen tile). @param {string} id */
   remove(id) {
+    for (const key of [id, screenTileId(id)]) {
+      this.tiles.get(key)?.remove();
+      this.tiles.delete(key);
+    }
+    this.#layout();
+  }
+
+  /** Remove one tile by its own id (e.g. a screen tile when the share ends). @param {string} id */
+  removeTile(id) {
     this.tiles.get(id)?.remove();
     this.tiles.delete(id);
     this.#layout();
@@ -182,4 +216,9 @@ export class Grid {
   #layout() {
     this.list.dataset.count = String(Math.min(this.tiles.size, 9));
   }
+}
+
+/** @param {string} owner @returns {string} */
+function screenTileId(owner) {
+  return `screen:${owner}`;
 }

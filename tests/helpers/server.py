@@ -19,7 +19,7 @@ from signaling.access import issue_access_token
 
 __all__ = ["ServerProcess"]
 
-STARTUP_TIMEOUT_S = 20.0
+STARTUP_TIMEOUT_S = 40.0  # a supervisor and its workers, on a busy shared machine
 _WORKER_LABEL = re.compile(r'(?<=[{,])worker="[^"]*",?')
 
 
@@ -53,8 +53,20 @@ class ServerProcess:
             text=True,
             env=env,
         )
+        try:
+            self._wait_listening()
+        except BaseException:
+            # Never leave a half-started server (and its workers) behind: stop it by its PID.
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            raise
+        threading.Thread(target=self._drain_log, daemon=True).start()
+        self._keys = KeyStore.open(self.data_dir)
+        return self
+
+    def _wait_listening(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        assert self.proc.stderr is not None
         while not self.port:
             line = self.proc.stderr.readline()
             if not line:
@@ -64,9 +76,6 @@ class ServerProcess:
                 self.port = int(json.loads(line)["port"])
             if time.monotonic() > deadline:
                 raise RuntimeError("server did not start in time")
-        threading.Thread(target=self._drain_log, daemon=True).start()
-        self._keys = KeyStore.open(self.data_dir)
-        return self
 
     def _drain_log(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None

@@ -8,6 +8,7 @@ after each test.
 from __future__ import annotations
 
 import random
+import socket
 import struct
 from collections.abc import Callable
 from importlib.metadata import version
@@ -28,6 +29,7 @@ from sfu.aiortc_bridge import (
     ContractError,
     FastSrtp,
     TranscodingForbidden,
+    bind_ice_ports,
     check_contract,
     codec_instances,
     forbid_transcoding,
@@ -76,6 +78,12 @@ async def test_check_contract_passes_on_pinned_versions() -> None:
             id="receiver-disconnect",
         ),
         pytest.param(
+            aiortc.rtcrtpreceiver.RTCRtpReceiver,
+            "_send_rtcp_nack",
+            "RTCRtpReceiver._send_rtcp_nack is missing",
+            id="receiver-send-nack",
+        ),
+        pytest.param(
             aiortc.rtcdtlstransport.RTCDtlsTransport,
             "_send_rtp",
             "RTCDtlsTransport._send_rtp is missing",
@@ -86,6 +94,18 @@ async def test_check_contract_passes_on_pinned_versions() -> None:
             "_handle_rtp_data",
             "RTCDtlsTransport._handle_rtp_data is missing",
             id="dtls-handle-rtp",
+        ),
+        pytest.param(
+            aioice.ice.StunProtocol,
+            "send_data",
+            "StunProtocol.send_data is missing",
+            id="stun-send-data",
+        ),
+        pytest.param(
+            aioice.ice.StunProtocol,
+            "send_stun",
+            "StunProtocol.send_stun is missing",
+            id="stun-send-stun",
         ),
         pytest.param(
             aioice.ice,
@@ -100,6 +120,12 @@ async def test_check_contract_passes_on_pinned_versions() -> None:
             id="get-decoder",
         ),
         pytest.param(pylibsrtp.Session, "protect", "Session.protect is missing", id="srtp-protect"),
+        pytest.param(
+            aioice.ice.Connection, "sendto", "Connection.sendto is missing", id="ice-sendto"
+        ),
+        pytest.param(
+            aioice.ice.Connection, "connect", "Connection.connect is missing", id="ice-connect"
+        ),
     ],
 )
 async def test_check_contract_names_a_missing_attribute(
@@ -224,6 +250,38 @@ async def test_restricted_addresses_are_what_aioice_gathers(
         await connection.close()
 
 
+async def test_bound_ice_ports_are_what_aioice_binds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)
+    monkeypatch.setattr(aioice.ice, "asyncio", aioice.ice.asyncio)  # type: ignore[attr-defined]
+    restrict_host_addresses(["127.0.0.1"])
+    bind_ice_ports(61310, 61312)
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    blocker.bind(("127.0.0.1", 61310))  # taken by someone else: skipped, not fatal
+    connections = [aioice.Connection(ice_controlling=True, use_ipv6=False) for _ in range(3)]
+    try:
+        for connection in connections[:2]:
+            await connection.gather_candidates()
+        ports = [c.port for conn in connections[:2] for c in conn.local_candidates]
+        assert sorted(ports) == [61311, 61312]
+        await connections[2].gather_candidates()  # the range is full: no candidate, no crash
+        assert connections[2].local_candidates == []
+    finally:
+        blocker.close()
+        for connection in connections:
+            await connection.close()
+
+
+def test_contract_lists_what_bind_ice_ports_touches() -> None:
+    names = {(owner, name) for owner, name in bridge._MODULE_NAMES}
+    assert (aioice.ice, "asyncio") in names
+    assert (aioice.ice.Connection, "get_component_candidates") in names
+
+
+def test_bind_ice_ports_refuses_a_bad_range() -> None:
+    with pytest.raises(ValueError, match="invalid UDP port range"):
+        bind_ice_ports(5000, 4000)
+
+
 # --- FastSrtp -----------------------------------------------------------------------------
 
 
@@ -343,3 +401,18 @@ def test_protect_refuses_oversize_and_short_packets() -> None:
     assert tx.protect_rewritten(_rtp(1, payload=b"x" * 1600), 96, 1, 1, 1) is None
     assert tx.protect_rtcp(b"\x80\xc9\x00\x01" + b"\x00" * 1600) is None
     assert tx.protect(_rtp(1, payload=b"x" * 1400)) is not None  # a normal full packet
+
+
+async def test_check_contract_names_missing_ice_restart_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An in-place ICE restart resets aioice's check list; losing it must fail loudly."""
+    original: Callable[..., None] = aioice.ice.Connection.__init__
+
+    def init_without_nominating(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        del self._nominating
+
+    monkeypatch.setattr(aioice.ice.Connection, "__init__", init_without_nominating)
+    with pytest.raises(ContractError, match=r"Connection\._nominating is missing"):
+        await check_contract()

@@ -79,3 +79,23 @@ def test_command_line_is_copy_pasteable() -> None:
     assert command_line(["fanout", "--subscribers", "1,10", "--json", "a b.json"]) == (
         "python -m bench fanout --subscribers 1,10 --json 'a b.json'"
     )
+
+
+def test_generators_and_impair_options() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["fanout"])
+    assert args.generators == 1 and args.impair == []
+    args = parser.parse_args([
+        "meeting", "--generators", "auto", "--impair", "subscribers:loss=5",
+        "--impair", "publishers.send:delay=40,jitter=10,seed=3",
+    ])
+    assert args.generators == 0  # auto: planned per run
+    assert [r.describe() for r in args.impair] == [
+        "subscribers:loss=5,seed=0", "publishers.send:delay=40,jitter=10,seed=3",
+    ]
+    assert parser.parse_args(["audio-rooms", "--generators", "3"]).generators == 3
+    for bad in (["--generators", "0"], ["--generators", "17"], ["--impair", "viewers:loss=5"],
+                ["--impair", "subscribers:loss=500"], ["--impair", "subscribers:"],
+                ["--impair", "all.both:loss=1"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["fanout", *bad])

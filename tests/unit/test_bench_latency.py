@@ -110,3 +110,33 @@ def test_window_counts_latency_only_for_packets_sent_inside_it() -> None:
     arrivals.reset_window()
     assert arrivals.window_received == {} and len(arrivals.latencies_s) == 0
     assert ledger.sent[payload_key(audio) or 0][2] == KIND_AUDIO
+
+
+def test_a_retransmitted_copy_is_not_counted_twice() -> None:
+    ledger = SendLedger()
+    tap = ledger.add_publisher({96}, {111})
+    arrivals = Arrivals(ledger)
+    ledger.open_window(0.0)
+    sent = _rtp(96, 7, VP8_DELTA)
+    tap(sent)
+    arrivals(sent)
+    arrivals(_rtp(97, 900, VP8_DELTA))  # the same payload again (an RTX, unwrapped)
+    assert arrivals.received_from({tap.index}) == 1 and arrivals.duplicates == 1
+    assert len(arrivals.latencies_s) == 1 and arrivals.packets == 2
+
+
+def test_a_looped_payload_sent_again_later_is_a_new_packet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = iter([1.0, 1.001, 5.0, 5.001])
+    monkeypatch.setattr("bench.latency.time.perf_counter", lambda: next(clock))
+    ledger = SendLedger()
+    tap = ledger.add_publisher({96}, {111})
+    arrivals = Arrivals(ledger)
+    ledger.open_window(0.0)
+    audio = _rtp(111, 1, b"opus frame")
+    tap(audio)  # at 1.0
+    arrivals(audio)
+    tap(_rtp(111, 201, b"opus frame"))  # the 4 s clip looped: same payload, at 5.0
+    arrivals(_rtp(111, 201, b"opus frame"))
+    assert arrivals.received_from({tap.index}) == 2 and arrivals.duplicates == 0

@@ -18,6 +18,7 @@ import pytest
 
 from sfu.codec import Codec
 from sfu.consumer import Consumer, ConsumerState
+from sfu.layers import Layer
 from sfu.producer import KEYFRAME_REQUEST_INTERVAL_S, Producer
 from sfu.rtcp import ReportBlock, SenderReport, ntp_middle32, ntp_to_seconds, parse_rtcp
 from sfu.transport import MediaTransport
@@ -116,7 +117,7 @@ class FakeFeedback:
         self.nack_pending_calls: list[Producer] = []
         self.keyframe_retries: list[tuple[Producer, float]] = []
 
-    def request_keyframe(self, producer: Producer) -> None:
+    def request_keyframe(self, producer: Producer, layer: Layer) -> None:
         self.keyframe_requests.append(producer)
 
     def nack_pending(self, producer: Producer) -> None:
@@ -523,15 +524,23 @@ def test_nack_ignored_before_segment_never_sent_or_evicted() -> None:
     assert consumer.on_nack((108, 109, 200)) == 0  # after the last packet sent: never sent
     assert len(transport.sent) == sent
 
-    # Mute/unmute starts a new segment: the old one's numbers are not served any more
-    # (their producer-side sequence numbers no longer map through the new offset).
+    # Mute/unmute starts a new segment. The one before stays served through its own
+    # offsets (a lost tail of it would otherwise stall the subscriber's decoder), and
+    # exactly as first sent; nothing older than that.
+    first = {s.seq: s for s in transport.sent}
     producer.set_muted(True, 1.0)
     producer.set_muted(False, 2.0)
     src = Source(VP8, seq=20_000, ts=900_000)
     feed(producer, src.frame(keyframe=True, packets=2), now=2.1)
     assert transport.sent[-2].seq == 108
-    assert consumer.on_nack((100, 104, 107)) == 0
+    assert consumer.on_nack((100, 104, 107)) == 3
+    for resent in transport.sent[-3:]:
+        assert (resent.wire(), resent.ts) == (first[resent.seq].wire(), first[resent.seq].ts)
     assert consumer.on_nack((108, 109)) == 2
+    producer.set_muted(True, 3.0)
+    producer.set_muted(False, 4.0)
+    feed(producer, src.frame(keyframe=True, packets=2), now=4.1)
+    assert consumer.on_nack((100, 104, 107)) == 0  # two segments ago
 
     # Packets the producer's cache no longer holds cannot be served.
     for _ in range(1100):

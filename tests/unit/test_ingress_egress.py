@@ -16,7 +16,14 @@ from typing import cast
 from sfu.codec import Codec
 from sfu.consumer import Consumer
 from sfu.egress import Egress
-from sfu.ingress import DEFAULT_REMB_BPS, MAX_REMB_BPS, MIN_REMB_BPS, Ingress
+from sfu.ingress import (
+    DEFAULT_REMB_BPS,
+    MAX_REMB_BPS,
+    MIN_REMB_BPS,
+    SIMULCAST_REMB_BPS,
+    Ingress,
+    wanted_publish_rate,
+)
 from sfu.producer import Producer
 from sfu.rtcp import (
     Nack,
@@ -426,8 +433,11 @@ class FakeConsumer:
     def on_report(self, block: ReportBlock, now: float) -> None:
         self.reports.append(block)
 
-    def on_remb(self, bitrate: int) -> None:
+    def on_remb(self, bitrate: int, now: float) -> None:
         self.rembs.append(bitrate)
+
+    def adapt(self, now: float) -> None:
+        pass
 
     def sender_report(self, now: float) -> bytes | None:
         return self.report
@@ -629,3 +639,112 @@ async def test_malformed_rtp_never_raises() -> None:
             bytes([0x80 | rng.randrange(64)]) + rng.randbytes(rng.randint(11, 60)), now
         )
     s.ingress.close()
+
+
+# --- simulcast: layers learnt from the RID extensions ---------------------------------
+
+RID_EXT_ID = 10
+REPAIRED_RID_EXT_ID = 11
+
+
+def rid_element(rid: str, ext_id: int = RID_EXT_ID) -> bytes:
+    value = rid.encode()
+    return bytes([(ext_id << 4) | (len(value) - 1)]) + value
+
+
+def simulcast_setup() -> tuple[Ingress, Producer, FakeTransport]:
+    ingress = Ingress(on_stale=lambda producer: None, stale_after_s=5.0)
+    ingress.mid_extension_id = MID_EXT_ID
+    ingress.rid_extension_id = RID_EXT_ID
+    ingress.repaired_rid_extension_id = REPAIRED_RID_EXT_ID
+    transport = FakeTransport()
+    ingress.transport = cast(MediaTransport, transport)
+    producer = Producer(
+        track_id="TRS",
+        participant_id="PA1",
+        kind="video",
+        mid="1",
+        codec=VP8,
+        ssrc=None,
+        rtx_ssrc=None,
+        extension_map=IDENTITY,
+        feedback=ingress,
+        now=0.0,
+        rids=("h", "m", "l"),
+    )
+    ingress.add(producer)
+    return ingress, producer, transport
+
+
+def test_simulcast_layers_are_learnt_from_rid_and_repaired_rid() -> None:
+    ingress, producer, transport = simulcast_setup()
+    ssrcs = {"l": 0x111, "m": 0x222, "h": 0x333}
+    for rid, ssrc in ssrcs.items():
+        ingress.on_rtp(rtp(1, ssrc, extensions=mid_element("1") + rid_element(rid)), 0.0)
+        # Later packets carry no extension: the SSRC is known by now.
+        ingress.on_rtp(rtp(2, ssrc), 0.1)
+    assert [(layer.rid, layer.ssrc) for layer in producer.layers] == [
+        ("l", 0x111),
+        ("m", 0x222),
+        ("h", 0x333),
+    ]
+    assert [layer.stats.packets_received for layer in producer.layers] == [2, 2, 2]
+    # A retransmission stream names its layer with the repaired RID.
+    first_m = rtp(3, 0x222)
+    repaired = rtx_of(
+        first_m,
+        50,
+        rtx_ssrc=0x2222,
+        extensions=mid_element("1") + rid_element("m", REPAIRED_RID_EXT_ID),
+    )
+    ingress.on_rtp(repaired, 0.2)
+    assert producer.layers[1].rtx_ssrc == 0x2222
+    assert producer.layers[1].cache.get(3) is not None
+    # ... and a second copy of it (a browser's probe padding) is not forwarded again.
+    ingress.on_rtp(rtx_of(first_m, 51, rtx_ssrc=0x2222), 0.3)
+    assert producer.rtx_duplicates == 1
+    # An unknown rid or one without a RID extension binds nothing.
+    ingress.on_rtp(rtp(1, 0x444, extensions=mid_element("1") + rid_element("x")), 0.3)
+    ingress.on_rtp(rtp(1, 0x555, extensions=mid_element("1")), 0.3)
+    assert all(layer.ssrc in ssrcs.values() for layer in producer.layers)
+
+    # Feedback is per layer: a report block each, one REMB naming all, PLI to one layer.
+    messages = [m for p in ingress.periodic(1.0) for m in parse_rtcp(p)]
+    blocks = [b.ssrc for m in messages if isinstance(m, ReceiverReport) for b in m.reports]
+    assert sorted(blocks) == sorted(ssrcs.values())
+    rembs = [m for m in messages if isinstance(m, Remb)]
+    assert len(rembs) == 1 and sorted(rembs[0].ssrcs) == sorted(ssrcs.values())
+    assert producer.request_keyframe(1.0, 1)
+    assert [m.media_ssrc for m in transport.messages() if isinstance(m, Pli)] == [0x222]
+    assert producer.request_keyframe(1.1, 0)  # another layer: its own throttle
+    assert not producer.request_keyframe(1.2, 1)
+
+
+def test_simulcast_remb_asks_for_the_best_subscriber_plus_the_layers_below() -> None:
+    _, producer, _ = simulcast_setup()
+    for layer, rate in zip(producer.layers, (150_000, 500_000, 1_500_000), strict=True):
+        layer.bitrate_bps = rate
+    assert wanted_publish_rate(producer, None) == SIMULCAST_REMB_BPS  # nobody limited
+    assert wanted_publish_rate(producer, 600_000) == 600_000 + 150_000 + 500_000
+    assert wanted_publish_rate(producer, 200_000) == 200_000 + 150_000
+    assert wanted_publish_rate(producer, 10_000) == 300_000  # the base layer keeps flowing
+    assert wanted_publish_rate(producer, 5_000_000) == SIMULCAST_REMB_BPS
+
+
+def test_recorders_get_only_the_top_layer() -> None:
+    _, producer, _ = simulcast_setup()
+
+    class Recorder:
+        needs_keyframe = False
+
+        def __init__(self) -> None:
+            self.seqs: list[int] = []
+
+        def forward(self, packet: bytes, seq: int, ts: int, keyframe: bool) -> None:
+            self.seqs.append(seq)
+
+    recorder = Recorder()
+    producer.recorders.append(recorder)
+    for index, layer in enumerate(producer.layers):
+        producer.on_rtp(rtp(100 + index, 0x700 + index), 0.0, layer)
+    assert recorder.seqs == [102]

@@ -1,0 +1,427 @@
+"""The supervisor of ``serve --workers N``: one public port, N worker processes.
+
+It owns the public HTTP/WebSocket port (TLS ends here). A signalling connection's first frame
+is read here: a ``join`` whose token verifies names the room; the room's home worker (placed
+by load when it has none, see :mod:`sfu.workers.placement`) gets the connection through
+:func:`sfu.workers.relay.relay`. Anything else first (a bad token, no join) is relayed to the
+least-loaded worker, which answers exactly as a single process would. Media never passes
+through here: the SDP carries the worker's own UDP ports.
+
+``/healthz``, ``/readyz``, ``/metrics`` (the workers' merged, ``worker`` label) and
+``GET /v1/rooms`` are served here; every other path (HTTP API, recordings, pages) is proxied
+to a ready worker, since all of them share the data dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import structlog
+from aiohttp import WSMsgType, web
+
+from sfu.drain import FAST_DEADLINE_S
+from sfu.keys import KeyStore
+from sfu.settings import Settings
+from sfu.tokens import TokenError
+from sfu.workers.metrics_merge import merge_metrics
+from sfu.workers.placement import LocalNode, NodePlacement, choose_worker
+from sfu.workers.pool import WorkerPool, WorkerSlot, WorkerStartError
+from sfu.workers.proxy import proxy_request
+from sfu.workers.relay import relay
+from signaling.access import verify_access_token
+from signaling.http_api import node_name, rooms_response
+from signaling.messages import MAX_FRAME_BYTES, ProtocolError, parse_frame
+
+__all__ = ["Homes", "Supervisor", "supervise"]
+
+log = structlog.get_logger(__name__)
+
+METRICS_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Homes:
+    """Room → home worker (and that worker's generation), while connections for it last."""
+
+    worker: dict[str, tuple[str, int]] = field(default_factory=dict)
+    connections: dict[str, int] = field(default_factory=dict)
+
+    def acquire(self, room: str) -> None:
+        self.connections[room] = self.connections.get(room, 0) + 1
+
+    def release(self, room: str) -> None:
+        left = self.connections.get(room, 0) - 1
+        if left > 0:
+            self.connections[room] = left
+        else:
+            self.connections.pop(room, None)
+            self.worker.pop(room, None)  # the room ended: placed afresh next time
+
+    def forget_worker(self, worker: str) -> list[str]:
+        """A worker died: its rooms have no home (they are placed again on rejoin)."""
+        gone = [room for room, (home, _) in self.worker.items() if home == worker]
+        for room in gone:
+            del self.worker[room]
+        return gone
+
+
+class Supervisor:
+    def __init__(
+        self,
+        settings: Settings,
+        keys: KeyStore,
+        pool: WorkerPool,
+        nodes: NodePlacement | None = None,
+    ) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.pool = pool
+        self.nodes: NodePlacement = nodes if nodes is not None else LocalNode()
+        self.homes = Homes()
+        self.draining = False
+        self.drain_deadline = 0.0
+        self.clients: set[web.WebSocketResponse] = set()
+        self.restarts_seen: dict[str, int] = {}
+        pool.on_worker_lost.append(self._worker_lost)
+
+    def _worker_lost(self, slot: WorkerSlot) -> None:
+        rooms = self.homes.forget_worker(slot.id)
+        log.warning("worker_rooms_lost", worker=slot.id, rooms=len(rooms))
+
+    # --- placement ------------------------------------------------------------------------
+
+    def home_of(self, room: str) -> WorkerSlot | None:
+        """The room's home worker, placing it on the least-loaded ready worker if new."""
+        home = self.homes.worker.get(room)
+        if home is not None:
+            slot = self.pool.by_id(home[0])
+            if slot is not None and slot.ready and slot.generation == home[1]:
+                return slot
+        chosen = choose_worker([slot.load() for slot in self.pool.slots])
+        slot = self.pool.by_id(chosen) if chosen is not None else None
+        if slot is not None:
+            slot.placed_since_report += 1
+            self.homes.worker[room] = (slot.id, slot.generation)
+            log.info("room_placed", room=room, worker=slot.id)
+        return slot
+
+    def any_worker(self) -> WorkerSlot | None:
+        chosen = choose_worker([slot.load() for slot in self.pool.slots])
+        return self.pool.by_id(chosen) if chosen is not None else None
+
+    def room_of(self, frame: aiohttp.WSMessage) -> str | None:
+        """The room a first frame's valid ``join`` token names; None for anything else."""
+        if frame.type != WSMsgType.TEXT:
+            return None
+        try:
+            message, _ = parse_frame(frame.data)
+        except ProtocolError:
+            return None
+        token = message.get("token")
+        if message.get("type") != "join" or not isinstance(token, str):
+            return None
+        try:
+            claims = verify_access_token(
+                self.keys,
+                token,
+                issuer=self.settings.issuer,
+                leeway_s=self.settings.token_leeway_s,
+            )
+        except TokenError:
+            return None
+        return claims.room
+
+    # --- draining -------------------------------------------------------------------------
+
+    def drain_remaining(self) -> float:
+        if not self.draining:
+            return 0.0
+        return max(0.0, round(self.drain_deadline - time.monotonic(), 3))
+
+    def retry_after_s(self) -> int:
+        return max(1, math.ceil(self.drain_remaining()))
+
+    def start_draining(self, deadline_s: float) -> None:
+        deadline = time.monotonic() + deadline_s
+        self.drain_deadline = min(self.drain_deadline, deadline) if self.draining else deadline
+        self.draining = True
+
+
+SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor")
+HARD_FRAME_LIMIT = 4 * MAX_FRAME_BYTES  # as signaling.app: larger frames are cut with 1009
+
+
+# --- HTTP handlers ------------------------------------------------------------------------
+
+
+def _draining_response(sup: Supervisor) -> web.Response:
+    return web.json_response(
+        {"code": "draining", "message": "the server is draining; join another node"},
+        status=503,
+        headers={"Retry-After": str(sup.retry_after_s())},
+    )
+
+
+async def signal_handler(request: web.Request) -> web.StreamResponse:
+    sup: Supervisor = request.app[SUPERVISOR]
+    if sup.draining:
+        return _draining_response(sup)
+    ws = web.WebSocketResponse(max_msg_size=HARD_FRAME_LIMIT, heartbeat=20.0)
+    await ws.prepare(request)
+    sup.clients.add(ws)
+    room: str | None = None
+    try:
+        first = await ws.receive()  # as with one process: no deadline, heartbeats
+        if first.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            return ws
+        room = sup.room_of(first)
+        if room is not None:
+            sup.homes.acquire(room)
+            elsewhere = await sup.nodes.node_for(room)
+            if elsewhere is not None:
+                await _redirect(ws, first, elsewhere)
+                return ws
+        slot = sup.home_of(room) if room is not None else sup.any_worker()
+        if slot is None or slot.session is None:
+            await _no_worker(ws, first)
+            return ws
+        await relay(ws, slot.session, first, forwarded_proto=request.scheme)
+    finally:
+        sup.clients.discard(ws)
+        if room is not None:
+            sup.homes.release(room)
+    return ws
+
+
+def _request_id(first: aiohttp.WSMessage) -> str | None:
+    try:
+        return parse_frame(first.data)[1] if first.type == WSMsgType.TEXT else None
+    except ProtocolError as exc:
+        return exc.request_id
+
+
+async def _no_worker(ws: web.WebSocketResponse, first: aiohttp.WSMessage) -> None:
+    """Every worker is down or restarting: ``internal``, try again shortly."""
+    message: dict[str, object] = {
+        "type": "error",
+        "code": "internal",
+        "message": "no worker process is available: join again shortly",
+    }
+    request_id = _request_id(first)
+    if request_id is not None:
+        message["id"] = request_id
+    await ws.send_json(message)
+    await ws.close(code=1011)
+
+
+async def _redirect(ws: web.WebSocketResponse, first: aiohttp.WSMessage, url: str) -> None:
+    """protocol v1 ``redirect``: the room lives on another node (cluster seam)."""
+    message: dict[str, object] = {"type": "redirect", "url": url}
+    request_id = _request_id(first)
+    if request_id is not None:
+        message["id"] = request_id
+    await ws.send_json(message)
+    await ws.close(code=1000)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    sup: Supervisor = request.app[SUPERVISOR]
+    if sup.draining:
+        return web.json_response(
+            {"status": "draining", "deadline": sup.drain_remaining()},
+            status=503,
+            headers={"Retry-After": str(sup.retry_after_s())},
+        )
+    ready = [slot.id for slot in sup.pool.ready()]
+    if not ready:
+        return web.json_response({"status": "no worker ready"}, status=503)
+    return web.json_response({"status": "ready", "workers": ready})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    sup: Supervisor = request.app[SUPERVISOR]
+
+    async def scrape(slot: WorkerSlot) -> str:
+        if slot.session is None:
+            return ""
+        try:
+            async with slot.session.get(
+                "http://worker/metrics", timeout=aiohttp.ClientTimeout(total=METRICS_TIMEOUT_S)
+            ) as response:
+                return await response.text() if response.status == 200 else ""
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return ""
+
+    texts = await asyncio.gather(*(scrape(slot) for slot in sup.pool.ready()))
+    own = ["# HELP sfu_worker_up 1 while the worker process answers.", "# TYPE sfu_worker_up gauge"]
+    own += [f'sfu_worker_up{{worker="{s.id}"}} {1 if s.ready else 0}' for s in sup.pool.slots]
+    own += [
+        "# HELP sfu_worker_restarts_total Worker processes restarted after dying.",
+        "# TYPE sfu_worker_restarts_total counter",
+    ]
+    own += [
+        f'sfu_worker_restarts_total{{worker="{s.id}"}} {s.generation - 1}' for s in sup.pool.slots
+    ]
+    body = merge_metrics([*texts, "\n".join(own)])
+    return web.Response(
+        body=body.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+    )
+
+
+async def list_rooms(request: web.Request) -> web.Response:
+    sup: Supervisor = request.app[SUPERVISOR]
+    node = node_name()
+    merged: dict[str, dict[str, object]] = {}
+    for slot in sup.pool.ready():
+        for room, participants in slot.rooms().items():
+            entry = merged.setdefault(
+                room, {"id": room, "node": node, "workers": [], "participants": 0}
+            )
+            workers = entry["workers"]
+            assert isinstance(workers, list)
+            workers.append(slot.id)
+            entry["participants"] = int(str(entry["participants"])) + participants
+    return rooms_response(request, sup.keys, sup.settings, list(merged.values()))
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    sup: Supervisor = request.app[SUPERVISOR]
+    slot = sup.any_worker()
+    if slot is None or slot.session is None:
+        return web.json_response(
+            {"error": {"code": "internal", "message": "no worker is available"}}, status=503
+        )
+    try:
+        return await proxy_request(request, slot.session)
+    except (aiohttp.ClientError, OSError):
+        return web.json_response(
+            {"error": {"code": "internal", "message": "the worker did not answer"}}, status=502
+        )
+
+
+def create_supervisor_app(sup: Supervisor) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024)
+    app[SUPERVISOR] = sup
+    app.router.add_get("/v1/signal", signal_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/rooms", list_rooms)
+    app.router.add_route("*", "/{tail:.*}", proxy)
+
+    async def close_clients(app: web.Application) -> None:
+        for ws in list(sup.clients):
+            await ws.close(code=1001, message=b"server shutting down")
+
+    app.on_shutdown.append(close_clients)
+    return app
+
+
+# --- the process ------------------------------------------------------------------------
+
+
+def recover_recordings(settings: Settings, keys: KeyStore) -> None:
+    """Seal what a killed process left recording; only here, before any worker records."""
+    from recorder.crypto import load_master_key
+    from recorder.store import RecordingStore, hold_recordings_lock
+
+    lock = hold_recordings_lock(settings.data_dir)
+    try:
+        store = RecordingStore(settings.data_dir, load_master_key(settings.data_dir), keys)
+        recovered = store.recover()
+        if recovered:
+            log.info("recordings_recovered", recordings=recovered)
+    finally:
+        lock.close()
+
+
+async def supervise(settings: Settings) -> int:
+    """Run the supervisor until SIGTERM/SIGINT has drained the workers."""
+    keys = KeyStore.open(settings.data_dir)  # created here once, before workers race for it
+    socket_dir = Path(tempfile.mkdtemp(prefix="oktorus-sfu-"))
+    pool = WorkerPool(settings, socket_dir, settings.workers)
+    # Workers start (and import the media stack) while recovery runs: no worker can record
+    # before this process listens, which is after both.
+    starting = asyncio.get_running_loop().create_task(pool.start())
+    try:
+        await asyncio.to_thread(recover_recordings, settings, keys)
+        from sfu.server_main import _tls
+
+        tls = _tls(settings)
+    except BaseException:
+        starting.cancel()
+        await pool.stop(timeout_s=5.0)
+        shutil.rmtree(socket_dir, ignore_errors=True)
+        raise
+    sup = Supervisor(settings, keys, pool)
+    runner = web.AppRunner(create_supervisor_app(sup), access_log=None, handle_signals=False)
+    loop = asyncio.get_running_loop()
+    signals: asyncio.Queue[int] = asyncio.Queue()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+    try:
+        try:
+            await starting
+        except WorkerStartError as exc:
+            log.error("workers_failed", error=str(exc))
+            return 1
+        await runner.setup()
+        site = web.TCPSite(
+            runner,
+            settings.host,
+            settings.port,
+            ssl_context=tls.context if tls is not None else None,
+        )
+        await site.start()
+        port = runner.addresses[0][1]
+        scheme = "https" if tls is not None else "http"
+        log.info(
+            "listening",
+            url=f"{scheme}://{settings.host}:{port}",
+            port=port,
+            tls=tls is not None,
+            data_dir=str(settings.data_dir),
+            workers=[{"id": s.id, "pid": s.pid, "ice_ports": s.spec.ice_ports} for s in pool.slots],
+        )
+        await _drain(sup, signals)
+    finally:
+        pool.stopping = True
+        await runner.cleanup()
+        await pool.stop()
+        shutil.rmtree(socket_dir, ignore_errors=True)
+    return 0
+
+
+async def _drain(sup: Supervisor, signals: asyncio.Queue[int]) -> None:
+    """First signal: forward it and wait for the workers to finish; second: cut short."""
+    sig = await signals.get()
+    deadline = (
+        min(sup.settings.drain_deadline_s, FAST_DEADLINE_S)
+        if sig == signal.SIGINT
+        else sup.settings.drain_deadline_s
+    )
+    log.info("drain_requested", signal=signal.Signals(sig).name, deadline_s=deadline)
+    sup.start_draining(deadline)
+    sup.pool.stopping = True
+    sup.pool.signal_all(sig)
+    waiting = asyncio.get_running_loop().create_task(sup.pool.wait_exited(deadline + 15.0))
+    second = asyncio.get_running_loop().create_task(signals.get())
+    done, _ = await asyncio.wait({waiting, second}, return_when=asyncio.FIRST_COMPLETED)
+    if second in done:
+        log.info("drain_cut_short", signal=signal.Signals(second.result()).name)
+        sup.pool.signal_all(second.result())
+    else:
+        second.cancel()
+    log.info("shutting_down", reason="workers finished" if waiting in done else "cut short")
