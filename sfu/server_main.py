@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from sfu.server import Server
     from sfu.workers.worker import WorkerSpec
 
-__all__ = ["run", "run_worker"]
+__all__ = ["run", "run_worker", "signal_url"]
 
 log = structlog.get_logger(__name__)
 
@@ -132,10 +132,7 @@ async def _serve(settings: Settings, *, worker: WorkerSpec | None = None) -> int
         scheme = "https" if tls is not None else "http"
         if cluster is not None:
             # Until registered, joins are refused ("cluster state unavailable").
-            ws_scheme = "wss" if tls is not None else "ws"
-            cluster.set_url(
-                settings.public_url or f"{ws_scheme}://{_url_host(settings.host)}:{port}/v1/signal"
-            )
+            cluster.set_url(signal_url(settings, port, tls=tls is not None))
             await cluster.start()
         await server.start()
         certificate = (
@@ -194,8 +191,12 @@ def _cluster(state: ClusterState | None, settings: Settings, server: Server) -> 
     return cluster
 
 
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+def signal_url(settings: Settings, port: int, *, tls: bool) -> str:
+    """The URL other nodes redirect to: ``--public-url``, or ws(s)://host:port/v1/signal."""
+    if settings.public_url:
+        return settings.public_url
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"{'wss' if tls else 'ws'}://{host}:{port}/v1/signal"
 
 
 async def _serve_worker(

@@ -87,12 +87,15 @@ class ClusterNode:
         evict: EvictCallback,
         worker_ids: tuple[str, ...] = ("0",),
         policy: str = "local",
+        room_workers: Callable[[str], tuple[str, ...]] | None = None,
     ) -> None:
         self.state = state
         self.node_id = node_id
         self.url = ""  # set_url() once the listening port is known
         self.ttl_s = ttl_s
         self.worker_ids = worker_ids
+        # Which of this node's workers host a room (a supervisor knows; one process: all).
+        self._room_workers = room_workers or (lambda room: self.worker_ids)
         self.policy = policy  # "local" or "least-loaded" (see place())
         self._peers: list[NodeRecord] = []  # other live nodes, as of the last heartbeat
         self._offers: dict[str, int] = {}  # rooms sent to each node since that heartbeat
@@ -172,7 +175,7 @@ class ClusterNode:
             ttl_s=self.ttl_s,
             held_epoch=held,
             participants=load.rooms.get(room_id, 0),
-            workers=self.worker_ids,
+            workers=self._room_workers(room_id),
             offer=target is not None,
         )
         if target is not None and claim.node == target.id:
@@ -260,7 +263,7 @@ class ClusterNode:
         self._peers = [node for node in nodes if node.id != self.node_id]
         self._offers.clear()
         held = [
-            HeldRoom(room, epoch, current.rooms.get(room, 0), self.worker_ids)
+            HeldRoom(room, epoch, current.rooms.get(room, 0), self._room_workers(room))
             for room, epoch in self._claims.items()
         ]
         epochs = await self.state.refresh(held, node=self.node_id, url=self.url, ttl_s=self.ttl_s)

@@ -29,6 +29,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 __all__ = ["WorkerSpec", "load_report", "main", "split_port_range", "worker_routes"]
 
 LOAD_PATH = "/internal/load"
+EVICT_PATH = "/internal/evict"  # the supervisor's cluster claim on a room was lost
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +87,20 @@ def worker_routes(app: web.Application, server: Server) -> None:
             request = request.clone(scheme=proto)
         return await handler(request)
 
+    async def evict(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        room = body.get("room") if isinstance(body, dict) else None
+        url = body.get("url") if isinstance(body, dict) else None
+        if not isinstance(room, str) or not (url is None or isinstance(url, str)):
+            return web.json_response({"error": "expected {room, url}"}, status=400)
+        server.evict_room(room, url)
+        return web.json_response({"evicted": room})
+
     app.router.add_get(LOAD_PATH, load)
+    app.router.add_post(EVICT_PATH, evict)
     app.middlewares.append(forwarded_proto)
 
 
