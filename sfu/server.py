@@ -56,6 +56,7 @@ class Server:
         # Which node hosts a room: this one (no Redis) or the cluster's claim (sfu.cluster).
         self.placement: RoomPlacement = placement or LocalPlacement(self.node_id)
         self.cluster: ClusterNode | None = None  # with --redis (set by server_main)
+        self.peer_urls: tuple[str, ...] = ()  # a worker's cluster nodes, told by its supervisor
         self.stats = ServerStats()
         self.ice = IceServerSet.from_settings(settings)
         self.media = MediaConfig(

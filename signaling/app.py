@@ -83,7 +83,10 @@ def create_app(server: Server) -> web.Application:
     setup_cluster_api(app, server)
     setup_pages(app)
     # Pages may follow `redirect` to any node of the cluster: allow their WebSockets (CSP).
-    app[CONNECT_SOURCES] = lambda: server.cluster.node_urls if server.cluster is not None else ()
+    # A worker has no ClusterNode: its supervisor passes the nodes' URLs on (peer_urls).
+    app[CONNECT_SOURCES] = lambda: (
+        server.cluster.node_urls if server.cluster is not None else server.peer_urls
+    )
 
     async def close_server(app: web.Application) -> AsyncIterator[None]:
         yield

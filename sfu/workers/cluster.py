@@ -74,6 +74,7 @@ class SupervisorNode:
             policy=settings.placement,
             room_workers=self.room_workers,
         )
+        pool.node_urls = lambda: self.node.node_urls
         self._sweeper: asyncio.Task[None] | None = None
         self._evictions: set[asyncio.Task[None]] = set()
 

@@ -30,6 +30,9 @@ __all__ = ["WorkerSpec", "load_report", "main", "split_port_range", "worker_rout
 
 LOAD_PATH = "/internal/load"
 EVICT_PATH = "/internal/evict"  # the supervisor's cluster claim on a room was lost
+#: On load polls: the cluster's node URLs, space-separated (pages' CSP may connect to them).
+NODES_HEADER = "X-Oktorus-Cluster-Nodes"
+MAX_NODE_URLS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,9 @@ def worker_routes(app: web.Application, server: Server) -> None:
     """Routes only the supervisor can reach (the worker listens on a private socket)."""
 
     async def load(request: web.Request) -> web.Response:
+        nodes = request.headers.get(NODES_HEADER)
+        if nodes is not None:
+            server.peer_urls = tuple(nodes.split()[:MAX_NODE_URLS])
         return web.json_response(load_report(server))
 
     @web.middleware

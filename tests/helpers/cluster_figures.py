@@ -1,6 +1,7 @@
 """Measure the cluster figures (not a test: prints numbers).
 
     PYTHONPATH=.:tests .venv/bin/python tests/helpers/cluster_figures.py redirect [--runs 20]
+        [--b-workers 2] [--room-on b]
     PYTHONPATH=.:tests .venv/bin/python tests/helpers/cluster_figures.py failover [--runs 3]
         [--ttl 3]
     PYTHONPATH=.:tests .venv/bin/python tests/helpers/cluster_figures.py withdraw [--runs 10]
@@ -44,13 +45,17 @@ def _summary(name: str, values: list[float], what: str) -> None:
 
 
 async def _with_cluster(
-    ttl_s: float, body: Callable[[Path, RedisServer, ServerProcess, ServerProcess], Awaitable[None]]
+    ttl_s: float,
+    body: Callable[[Path, RedisServer, ServerProcess, ServerProcess], Awaitable[None]],
+    b_workers: int = 1,
 ) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="cluster-figures-"))
     redis_server = RedisServer(tmp / "redis").start()
     nodes: list[ServerProcess] = []
     try:
-        nodes = [start_node(tmp, redis_server.url, n, ttl_s=ttl_s) for n in ("node-a", "node-b")]
+        nodes = [start_node(tmp, redis_server.url, "node-a", ttl_s=ttl_s)]
+        extra = ["--workers", str(b_workers)] if b_workers > 1 else []
+        nodes.append(start_node(tmp, redis_server.url, "node-b", ttl_s=ttl_s, extra=extra))
         await body(tmp, redis_server, nodes[0], nodes[1])
     finally:
         for node in nodes:
@@ -66,8 +71,10 @@ async def _timed_join(url: str, token: str) -> float:
     return took
 
 
-async def redirect(runs: int) -> None:
+async def redirect(runs: int, b_workers: int = 1, room_on: str = "a") -> None:
     async def body(_: Path, __: RedisServer, node_a: ServerProcess, node_b: ServerProcess) -> None:
+        if room_on == "b":  # the room on B, joined directly on B or through A's redirect
+            node_a, node_b = node_b, node_a
         host = await Participant.join(
             node_a.url, node_a.token("hosted", "host"), publish_tracks=[FrameCounterTrack()]
         )
@@ -82,10 +89,15 @@ async def redirect(runs: int) -> None:
                     direct.append(await _timed_join(node_a.url, node_a.token("hosted", "a")))
         finally:
             await host.close()
-        _summary("direct (node A)", direct, "connect + join -> joined, room on A")
-        _summary("through B's redirect", redirected, "connect B + join -> redirect -> A -> joined")
+        host_name, other = ("B", "A") if room_on == "b" else ("A", "B")
+        _summary(f"direct (node {host_name})", direct, f"connect + join -> joined on {host_name}")
+        _summary(
+            f"through {other}'s redirect",
+            redirected,
+            f"connect {other} + join -> redirect -> {host_name} -> joined (B: {b_workers} workers)",
+        )
 
-    await _with_cluster(3.0, body)
+    await _with_cluster(3.0, body, b_workers)
 
 
 async def failover(runs: int, ttl_s: float) -> None:
@@ -168,7 +180,10 @@ async def withdraw(runs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="figure", required=True)
-    sub.add_parser("redirect").add_argument("--runs", type=int, default=20)
+    redirect_args = sub.add_parser("redirect")
+    redirect_args.add_argument("--runs", type=int, default=20)
+    redirect_args.add_argument("--b-workers", type=int, default=1, help="node B's --workers")
+    redirect_args.add_argument("--room-on", choices=("a", "b"), default="a")
     fail = sub.add_parser("failover")
     fail.add_argument("--runs", type=int, default=3)
     fail.add_argument("--ttl", type=float, default=3.0)
@@ -176,7 +191,7 @@ def main() -> None:
     args = parser.parse_args()
     bridge.restrict_host_addresses(["127.0.0.1"])
     if args.figure == "redirect":
-        asyncio.run(redirect(args.runs))
+        asyncio.run(redirect(args.runs, args.b_workers, args.room_on))
     elif args.figure == "failover":
         asyncio.run(failover(args.runs, args.ttl))
     else:

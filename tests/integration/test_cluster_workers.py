@@ -5,6 +5,7 @@ and rooms it hosts are redirected to from the other node; media flows either way
 from __future__ import annotations
 
 import shutil
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +46,11 @@ def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[list[ServerProc
     finally:
         for node in started:
             node.stop()
+
+
+def _csp(node: ServerProcess) -> str:
+    with urllib.request.urlopen(node.http + "/join", timeout=5) as response:
+        return str(response.headers["Content-Security-Policy"])
 
 
 async def _redirected_to(entry: ServerProcess, room: str) -> str:
@@ -120,6 +126,9 @@ async def test_a_workers_node_is_one_node_of_the_cluster(
             samples = node_b.metrics()
             assert samples['sfu_cluster_rooms_claimed{node="node-b"}'] == 1
             assert samples['sfu_cluster_available{node="node-b"}'] == 1
+            # Pages served through the supervisor (by a worker) may follow a redirect to
+            # node A: their CSP lists it (the supervisor passes the nodes on to its workers).
+            await wait_for(lambda: f"ws://127.0.0.1:{node_a.port}" in _csp(node_b), timeout=10)
             # The workers' private routes are not reachable through the public port.
             status, _ = admin_get(node_b, "/internal/load")
             assert status == 404
