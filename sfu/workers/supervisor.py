@@ -129,6 +129,13 @@ class Supervisor:
         chosen = choose_worker([slot.load() for slot in self.pool.slots])
         return self.pool.by_id(chosen) if chosen is not None else None
 
+    def hosts(self, room: str) -> bool:
+        """Whether ``room`` lives here: a connection for it is relayed now, or a worker
+        reports it (participants, kept ones awaiting resume too)."""
+        return room in self.homes.worker or any(
+            slot.rooms().get(room, 0) > 0 for slot in self.pool.ready()
+        )
+
     def room_of(self, frame: aiohttp.WSMessage) -> str | None:
         """The room a first frame's valid ``join`` token names; None for anything else."""
         if frame.type != WSMsgType.TEXT:
@@ -202,6 +209,8 @@ async def signal_handler(request: web.Request) -> web.StreamResponse:
             try:
                 elsewhere = await sup.nodes.node_for(room)
             except ClusterUnavailable:
+                if sup.hosts(room) and _resuming(first):
+                    break  # as one process: a resume never waits for the cluster state
                 # As one process: `internal`, the socket stays open for another try.
                 sup.homes.release(room)
                 room = None
@@ -221,6 +230,15 @@ async def signal_handler(request: web.Request) -> web.StreamResponse:
         if room is not None:
             sup.homes.release(room)
     return ws
+
+
+def _resuming(first: aiohttp.WSMessage) -> bool:
+    """Whether a (parsed before) first frame is a ``join`` carrying a ``resume`` secret."""
+    try:
+        message, _ = parse_frame(first.data)
+    except ProtocolError:
+        return False
+    return isinstance(message.get("resume"), str)
 
 
 def _request_id(first: aiohttp.WSMessage) -> str | None:

@@ -5,6 +5,7 @@ and rooms it hosts are redirected to from the other node; media flows either way
 from __future__ import annotations
 
 import shutil
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from helpers.media import FrameCounterTrack, collect
 from helpers.redis_server import RedisServer
 from helpers.server import ServerProcess
 
-from signaling.client import Participant, SignalClient
+from signaling.client import Participant, SignalClient, SignalError
 
 pytestmark = pytest.mark.integration
 
@@ -150,3 +151,52 @@ async def test_redirects_both_ways_between_a_process_and_a_supervisor(
     assert node_b.metrics()['sfu_cluster_redirects_total{node="node-b"}'] >= 2
     # A room on the supervisor's workers, joined through the single process.
     await _media_through(node_a, node_b, room + "-b")
+
+
+def _ready(node: ServerProcess) -> int:
+    try:
+        with urllib.request.urlopen(node.http + "/readyz", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.asyncio
+async def test_a_resume_needs_no_redis_but_a_fresh_join_does(
+    nodes: list[ServerProcess], redis_server: RedisServer, room: str
+) -> None:
+    """Redis down: calls go on and a dropped socket is resumed on either kind of node (the
+    room is held here already); a new join is refused with `internal`, the socket kept."""
+    joined: list[Participant] = []
+    try:
+        for node in nodes:
+            joined.append(
+                await Participant.join(
+                    node.url,
+                    node.token(f"{room}-{node.port}", "alice"),
+                    publish_tracks=[FrameCounterTrack()],
+                    timeout=T,
+                )
+            )
+        # Both rooms are listed (for node B: its workers' load reports name them).
+        await wait_for(lambda: len(admin_get(nodes[1], "/v1/rooms")[1]["rooms"]) == 2, timeout=10)
+        redis_server.stop()
+        for node in nodes:
+            await wait_for(lambda node=node: _ready(node) == 503, timeout=10)
+        for node, alice in zip(nodes, joined, strict=True):
+            before = alice.id
+            assert await alice.resume(timeout=T) is True
+            assert alice.id == before
+            raw = await SignalClient.connect(node.url)
+            try:
+                token = node.token(f"{room}-{node.port}", "bob")
+                for _ in range(2):  # the socket stays open: a second try is answered alike
+                    with pytest.raises(SignalError) as refused:
+                        await raw.request({"type": "join", "token": token})
+                    assert refused.value.code == "internal", refused.value
+                    assert refused.value.message == "cluster state unavailable"
+            finally:
+                await raw.close()
+    finally:
+        for alice in joined:
+            await alice.close()
