@@ -46,7 +46,6 @@ __all__ = [
     "authenticate_with",
     "error_response",
     "node_name",
-    "rooms_response",
     "setup_http_api",
 ]
 
@@ -202,23 +201,6 @@ def _sessions_handler(server: Server) -> Handler:
 def node_name() -> str:
     """This node's name in ``GET /v1/rooms`` (the host name)."""
     return socket.gethostname()
-
-
-def rooms_response(
-    request: web.Request,
-    keys: KeyStore,
-    settings: Settings,
-    rooms: list[dict[str, Any]],
-) -> web.Response:
-    """``GET /v1/rooms`` (admin): ``{"rooms": [{"id", "node", "workers", "participants"}]}``."""
-    try:
-        claims = authenticate_with(request, keys, settings)
-        if not claims.can("admin"):
-            raise ApiError("forbidden", "listing rooms needs the 'admin' grant")
-    except ApiError as exc:
-        return error_response(exc.code, exc.message)
-    ordered = sorted(rooms, key=lambda room: str(room["id"]))
-    return web.json_response({"rooms": ordered}, headers={"Cache-Control": "no-store"})
 
 
 def setup_http_api(app: web.Application, server: Server) -> None:

@@ -45,12 +45,14 @@ from signaling.access import verify_access_token
 from signaling.cluster_api import local_rooms
 from signaling.http_api import ApiError, authenticate_with, error_response, node_name
 from signaling.messages import MAX_FRAME_BYTES, ProtocolError, parse_frame
+from signaling.session import CLOSE_RATE_LIMITED, ERRORS_BEFORE_CUTOFF
 
 __all__ = ["Homes", "Supervisor", "supervise"]
 
 log = structlog.get_logger(__name__)
 
 METRICS_TIMEOUT_S = 5.0
+REFUSED_JOINS_MAX = ERRORS_BEFORE_CUTOFF
 
 
 @dataclass
@@ -197,8 +199,9 @@ async def signal_handler(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     sup.clients.add(ws)
     room: str | None = None
+    refused = 0
     try:
-        while True:  # bounded by the socket: each turn reads one frame
+        while True:  # each turn reads one frame; at most REFUSED_JOINS_MAX turns refuse
             first = await ws.receive()  # as with one process: no deadline, heartbeats
             if first.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 return ws
@@ -215,6 +218,10 @@ async def signal_handler(request: web.Request) -> web.StreamResponse:
                 sup.homes.release(room)
                 room = None
                 await _send_error(ws, first, "internal", "cluster state unavailable")
+                refused += 1
+                if refused >= REFUSED_JOINS_MAX:  # as one process cuts off an erring client
+                    await ws.close(code=CLOSE_RATE_LIMITED, message=b"too many errors")
+                    return ws
                 continue
             if elsewhere is not None:
                 await _redirect(ws, first, elsewhere)
