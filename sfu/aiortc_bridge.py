@@ -62,6 +62,7 @@ __all__ = [
     "bind_ice_ports",
     "check_contract",
     "codec_instances",
+    "decode_from_keyframes",
     "dtls_transport",
     "egress_extension_ids",
     "finish_ice_restart",
@@ -189,7 +190,18 @@ async def check_contract(*, check_versions: bool = True) -> None:
             (dtls.transport.iceGatherer, ("_remote_candidates_end",)),
             (dtls.transport._connection, _RESTART_STATE),
             (transceiver, ("_codecs", "_headerExtensions")),
-            (receiver, ("_RTCRtpReceiver__nack_generator",)),
+            (
+                receiver,
+                (
+                    "_RTCRtpReceiver__nack_generator",
+                    "_RTCRtpReceiver__jitter_buffer",
+                    "_RTCRtpReceiver__codecs",
+                ),
+            ),
+            (
+                getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None),
+                ("_origin", "_packets", "_is_video", "remove", "capacity", "add"),
+            ),
             (pc, ("_RTCPeerConnection__cname",)),
         ):
             missing = [n for n in names if not hasattr(obj, n)]
@@ -885,3 +897,42 @@ def missing_packets(receiver: RTCRtpReceiver) -> set[int]:
 async def send_nack(receiver: RTCRtpReceiver, media_ssrc: int, lost: Sequence[int]) -> None:
     """Send a generic NACK for ``lost`` on the receiver's transport."""
     await receiver._send_rtcp_nack(media_ssrc, list(lost))
+
+
+KeyframeStart = Callable[[str, bytes], bool]  # (lowercase codec name, RTP payload)
+
+
+def decode_from_keyframes(receiver: RTCRtpReceiver, keyframe_start: KeyframeStart) -> None:
+    """Let an aiortc video receiver give up older holes when a keyframe starts.
+
+    aiortc assembles frames strictly in sequence order, so a hole whose retransmission
+    never arrives blocks every later frame until 512 packets have passed (25 s at a low
+    simulcast layer). libwebrtc decodes from the next keyframe instead; so does this.
+    """
+    buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+    codecs: dict[int, Any] = getattr(receiver, "_RTCRtpReceiver__codecs", {})
+    if buffer is None or not buffer._is_video or getattr(buffer, "_decodes_from_keyframes", False):
+        return
+    generator = getattr(receiver, "_RTCRtpReceiver__nack_generator", None)
+    add = buffer.add
+
+    def add_skipping_stale_holes(packet: Any) -> Any:
+        origin = buffer._origin
+        if origin is not None:
+            delta = (packet.sequence_number - origin) & 0xFFFF
+            codec = codecs.get(packet.payload_type)
+            if (
+                0 < delta < buffer.capacity
+                and codec is not None
+                and keyframe_start(codec.mimeType.split("/")[1].lower(), packet.payload)
+                and any(
+                    buffer._packets[(origin + i) % buffer.capacity] is None for i in range(delta)
+                )
+            ):
+                buffer.remove(delta)
+                if generator is not None:  # nothing before the keyframe is worth asking for
+                    generator.missing -= {(origin + i) & 0xFFFF for i in range(delta)}
+        return add(packet)
+
+    buffer.add = add_skipping_stale_holes
+    buffer._decodes_from_keyframes = True

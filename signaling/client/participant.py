@@ -21,6 +21,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from sfu import aiortc_bridge as bridge
+from sfu.keyframes import is_keyframe_start
 from signaling.client.impair import Impairment, LinkModel
 from signaling.client.renack import renack_forever
 from signaling.client.sdp import (
@@ -522,6 +523,8 @@ class Participant:
         if restart:
             bridge.begin_ice_restart(self.subscribe_pc)  # before its candidates are added
         answer = await answer_offer(self.subscribe_pc, sdp)
+        for transceiver in self.subscribe_pc.getTransceivers():
+            bridge.decode_from_keyframes(transceiver.receiver, is_keyframe_start)
         self._impair_pc(self.subscribe_pc, "subscribe")
         await self.signal.send({"type": "answer", "sdp": answer})
         if restart:

@@ -152,6 +152,15 @@ class SignalClient:
         wanted = _as_types(types)
         return [m for m in self._events if wanted is None or m.get("type") in wanted]
 
+    def discard(self, types: str | Iterable[str] | None = None) -> int:
+        """Drop buffered events (optionally of these types): only what comes next counts."""
+        wanted = _as_types(types)
+        kept = [m for m in self._events if wanted is not None and m.get("type") not in wanted]
+        dropped = len(self._events) - len(kept)
+        self._events.clear()
+        self._events.extend(kept)
+        return dropped
+
     # sending
 
     async def send(self, message: Mapping[str, Any]) -> None:

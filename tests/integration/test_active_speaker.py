@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,6 +17,10 @@ pytestmark = pytest.mark.integration
 
 def _first_speaker(event: dict[str, Any], participant_id: str) -> bool:
     return bool(event["speakers"]) and event["speakers"][0] == participant_id
+
+
+def _led_by(participant_id: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda event: _first_speaker(event, participant_id)
 
 
 async def test_loudest_participant_is_the_active_speaker(server: ServerProcess, room: str) -> None:
@@ -40,4 +46,35 @@ async def test_loudest_participant_is_the_active_speaker(server: ServerProcess, 
         assert loud.id not in event["speakers"]
     finally:
         for participant in (listener, quiet, loud):
+            await participant.close()
+
+
+async def test_active_speaker_follows_the_loud_tone(server: ServerProcess, room: str) -> None:
+    """The loud tone moves from one publisher to the other: so does the active speaker
+    (prints the speaker-change latency: the swap → the listener's `speaker.changed`)."""
+    first_tone, second_tone = ToneTrack(440, amplitude=0.5), ToneTrack(660, amplitude=0.01)
+    first = await Participant.join(
+        server.url, server.token(room, "first"), publish_tracks=[first_tone]
+    )
+    second = await Participant.join(
+        server.url, server.token(room, "second"), publish_tracks=[second_tone]
+    )
+    listener = await Participant.join(server.url, server.token(room, "listener"))
+    loop = asyncio.get_running_loop()
+    latencies = []
+    try:
+        await listener.next_event(
+            "speaker.changed", lambda e: _first_speaker(e, first.id), timeout=5
+        )
+        swaps = ((second_tone, first_tone, second.id), (first_tone, second_tone, first.id))
+        for loud, quiet, loud_id in swaps * 2:
+            await asyncio.sleep(1.5)  # let the smoothing settle on the current speaker
+            listener.signal.discard("speaker.changed")
+            swapped = loop.time()
+            loud.amplitude, quiet.amplitude = 0.5, 0.01
+            await listener.next_event("speaker.changed", _led_by(loud_id), timeout=5)
+            latencies.append(loop.time() - swapped)
+        print(f"\nspeaker_change_latency_ms: {[round(1000 * s) for s in latencies]}")
+    finally:
+        for participant in (listener, second, first):
             await participant.close()
