@@ -450,6 +450,8 @@ def _check_public_url(value: object) -> None:
         raise SettingsError("must be a URL without spaces or control characters")
     if not urlsplit(value).hostname:
         raise SettingsError(f"has no host: {value!r}")
+
+
 MAX_WORKERS = 256
 
 
