@@ -504,6 +504,8 @@ async def supervise(settings: Settings) -> int:
         starting.cancel()
         await pool.stop(timeout_s=5.0)
         shutil.rmtree(socket_dir, ignore_errors=True)
+        if state is not None:
+            await state.close()
         raise
     sup = Supervisor(settings, keys, pool)
     if state is not None:
