@@ -25,6 +25,7 @@ from consent.ledger import Ledger, LedgerEntry
 from consent.ledger_redis import RedisLedger
 from consent.ledger_sqlite import SqliteLedger
 from consent.revocation import MemoryRevocationStore, RedisRevocationStore, RevocationStore
+from consent.tokens import MAX_TTL_S as MAX_CONSENT_TTL_S
 from consent.tokens import (
     ConsentClaims,
     ConsentInvalid,
@@ -266,6 +267,41 @@ class RecordingService:
                     details=report.to_dict(),
                 )
             consent.recordings.clear()
+
+    async def withdraw_subject(self, subject: str, actor: str, jti: str | None = None) -> list[str]:
+        """Withdraw a person's consents from outside the call (``POST
+        /v1/subjects/{subject}/withdraw``, on any node): every consent ``jti`` the ledger
+        holds for ``subject`` (or just ``jti``) is revoked. The revocation store tells every
+        node, and the node recording that person detaches at once (:meth:`_on_revoked`).
+        Returns the ``jti``s withdrawn now (not those revoked before)."""
+        granted: dict[str, str | None] = {}  # jti → room
+        for record in await self.ledger.records_for_subject(subject):
+            entry = record.entry
+            if entry.kind == "consent.granted" and entry.jti:
+                granted[entry.jti] = entry.room
+        if jti is not None:
+            if jti not in granted:
+                raise RecordingError("not_found", "no such consent")
+            granted = {jti: granted[jti]}
+        withdrawn: list[str] = []
+        until = time.time() + MAX_CONSENT_TTL_S  # the ledger does not keep the token's exp
+        for item, room in granted.items():
+            if await self.revocations.is_revoked(item):
+                continue
+            await self.revocations.revoke(item, until)
+            await self.ledger.append(
+                LedgerEntry(
+                    kind="consent.withdrawn",
+                    room=room,
+                    subject=subject,
+                    actor=actor,
+                    jti=item,
+                    purpose=PURPOSE,
+                    details={"how": "api"},
+                )
+            )
+            withdrawn.append(item)
+        return withdrawn
 
     def _pending(
         self, room: Room, participant: Participant, request_id: object

@@ -29,6 +29,7 @@ from typing import Protocol
 
 from recorder.cli import add_data_commands
 from sfu import __version__
+from sfu.cluster.placement import ClusterUnavailable
 from sfu.keys import KeyStore, KeyStoreError
 from sfu.logs import configure_logging
 from sfu.settings import DEFAULT_ISSUER, Settings, SettingsError, add_serve_arguments
@@ -183,6 +184,8 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         result = run(settings)
     except (KeyStoreError, SettingsError) as exc:
         return _fail("serve", str(exc))
+    except ClusterUnavailable as exc:
+        return _fail("serve", f"--redis: cannot join the cluster: {exc}")
     except OSError as exc:  # e.g. address already in use, permission denied
         return _fail("serve", f"{exc.strerror or exc}")
     return result if isinstance(result, int) else 0

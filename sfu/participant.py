@@ -28,6 +28,9 @@ class Connection(Protocol):
     def replaced(self) -> None:
         """Another connection took this participant over."""
 
+    def disconnect(self, code: int) -> None:
+        """Flush what is queued, then close with ``code`` (the participant then leaves)."""
+
 
 class Participant:
     """A client in a room. Messages to it go through a bounded outbox."""

@@ -15,9 +15,11 @@ from typing import Any
 import structlog
 
 from recorder.service import RecordingService
+from sfu.cluster.node import ClusterNode, LocalLoad, default_node_id
+from sfu.cluster.placement import LocalPlacement, RoomPlacement
 from sfu.keys import KeyStore
 from sfu.peer_connection import MediaConfig
-from sfu.room import RoomHooks
+from sfu.room import Room, RoomHooks
 from sfu.rooms import LocalRoomRegistry, RoomRegistry
 from sfu.settings import IceServer, Settings
 from sfu.stats import ServerStats
@@ -40,12 +42,21 @@ class Server:
         *,
         worker_id: str = "0",
         recordings: RecordingService | None = None,
+        placement: RoomPlacement | None = None,
     ) -> None:
         self.settings = settings
         self.keys = keys
         self.recordings = recordings  # consent-gated recorder (None: recording disabled)
         self.worker_id = worker_id
         self.rooms: RoomRegistry = rooms if rooms is not None else LocalRoomRegistry()
+        # In a cluster a node id must be unique per process; alone, the host name names it.
+        self.node_id = settings.node_id or (
+            default_node_id() if settings.redis_url else socket.gethostname()
+        )
+        # Which node hosts a room: this one (no Redis) or the cluster's claim (sfu.cluster).
+        self.placement: RoomPlacement = placement or LocalPlacement(self.node_id)
+        self.cluster: ClusterNode | None = None  # with --redis (set by server_main)
+        self.peer_urls: tuple[str, ...] = ()  # a worker's cluster nodes, told by its supervisor
         self.stats = ServerStats()
         self.ice = IceServerSet.from_settings(settings)
         self.media = MediaConfig(
@@ -66,6 +77,7 @@ class Server:
         options: dict[str, Any] = {
             "issuer": settings.issuer,
             "worker": self.worker_id,
+            "node": self.node_id if settings.redis_url else None,
             "timeout_s": settings.webhook_timeout_s,
             "retry_max_s": settings.webhook_retry_max_s,
             "queue_size": settings.webhook_queue_size,
@@ -94,6 +106,42 @@ class Server:
         self.stats.loop_lag.start()
         await self.webhooks.start()
 
+    # --- rooms and the cluster -----------------------------------------------------------
+
+    def release_room(self, room: Room) -> None:
+        """After a participant left: forget the room if empty, and give up its placement."""
+        self.rooms.release(room)
+        if self.rooms.get(room.id) is None:
+            self.placement.released(room.id)
+
+    def local_load(self) -> LocalLoad:
+        """What this node hosts, for the cluster heartbeat and ``GET /v1/nodes``."""
+        rooms = self.rooms.all()
+        return LocalLoad(
+            rooms={room.id: len(room.participants) for room in rooms},
+            tracks=sum(len(room.tracks) for room in rooms),
+        )
+
+    def evict_room(self, room_id: str, url: str | None) -> None:
+        """The room's claim went to another node: everyone here must leave (and rejoin)."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            return
+        message = {
+            "type": "error",
+            "code": "conflict",
+            "message": "this room moved to another node: join again",
+        }
+        if url:
+            message["url"] = url
+        for participant in list(room.participants.values()):
+            participant.send(message)
+            if participant.connection is None:
+                participant.give_up.set()  # detached: nothing to resume here, leave now
+            else:
+                participant.connection.disconnect(1012)
+        log.warning("room_evicted", room=room_id, participants=len(room.participants), to=url)
+
     # --- draining ---------------------------------------------------------------------
 
     def start_draining(self, deadline_s: float) -> None:
@@ -104,6 +152,7 @@ class Server:
         else:
             self.draining = True
             self._drain_deadline = deadline
+            self.placement.draining()
         remaining = self.drain_remaining()
         participants = 0
         for room in self.rooms.all():

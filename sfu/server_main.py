@@ -18,10 +18,12 @@ from sfu.settings import Settings
 from sfu.tls import ReloadingTls, self_signed
 
 if TYPE_CHECKING:
+    from sfu.cluster.node import ClusterNode
+    from sfu.cluster.state import ClusterState
     from sfu.server import Server
     from sfu.workers.worker import WorkerSpec
 
-__all__ = ["run", "run_worker"]
+__all__ = ["run", "run_worker", "signal_url"]
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +79,7 @@ async def _serve(settings: Settings, *, worker: WorkerSpec | None = None) -> int
     # loads it, and starts (and restarts) its workers sooner.
     from recorder.service import RecordingService
     from sfu import aiortc_bridge as bridge
+    from sfu.cluster.state import ClusterState
     from sfu.server import Server
     from signaling.app import create_app
 
@@ -90,6 +93,11 @@ async def _serve(settings: Settings, *, worker: WorkerSpec | None = None) -> int
     # A worker's TLS ends at the supervisor: it speaks plain HTTP on its private socket.
     tls = _tls(settings) if worker is None else None
     context: ssl.SSLContext | None = tls.context if tls is not None else None
+    state = (
+        ClusterState.from_url(settings.redis_url) if settings.redis_url and worker is None else None
+    )
+    if state is not None:
+        await state.ping()  # fail fast with a clear message (ClusterUnavailable) when down
     recordings = await RecordingService.open(
         settings.data_dir,
         keys,
@@ -99,6 +107,8 @@ async def _serve(settings: Settings, *, worker: WorkerSpec | None = None) -> int
     )
     worker_id = worker.worker_id if worker is not None else "0"
     server = Server(settings, keys, recordings=recordings, worker_id=worker_id)
+    # A worker never joins the cluster itself: its supervisor owns the one ClusterNode.
+    cluster = _cluster(state, settings, server) if worker is None else None
     app = create_app(server)
     if worker is not None:
         from sfu.workers.worker import worker_routes
@@ -115,11 +125,16 @@ async def _serve(settings: Settings, *, worker: WorkerSpec | None = None) -> int
     watcher: asyncio.Task[None] | None = None
     try:
         await site.start()
-        await server.start()
         if worker is not None:
+            await server.start()
             return await _serve_worker(server, worker, ice_ports)
         port = runner.addresses[0][1]
         scheme = "https" if tls is not None else "http"
+        if cluster is not None:
+            # Until registered, joins are refused ("cluster state unavailable").
+            cluster.set_url(signal_url(settings, port, tls=tls is not None))
+            await cluster.start()
+        await server.start()
         certificate = (
             {"tls_not_after": tls.info.not_after, "fingerprint_sha256": tls.info.fingerprint_sha256}
             if tls is not None
@@ -134,6 +149,8 @@ async def _serve(settings: Settings, *, worker: WorkerSpec | None = None) -> int
             ice_hosts=list(settings.ice_hosts),
             turn=server.ice.has_turn,
             webhooks=len(settings.webhook_urls),
+            node=server.node_id,
+            cluster=cluster.url if cluster is not None else None,
             **certificate,
         )
         if tls is not None:
@@ -149,8 +166,37 @@ async def _serve(settings: Settings, *, worker: WorkerSpec | None = None) -> int
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         await runner.cleanup()
+        if cluster is not None:
+            await cluster.stop()
         await server.stop(WEBHOOK_FLUSH_S)
     return 0
+
+
+def _cluster(state: ClusterState | None, settings: Settings, server: Server) -> ClusterNode | None:
+    """With ``--redis``: this node's cluster membership, installed as the server's placement."""
+    if state is None:
+        return None
+    from sfu.cluster.node import ClusterNode
+
+    cluster = ClusterNode(
+        state,
+        node_id=server.node_id,
+        ttl_s=settings.cluster_ttl_s,
+        load=server.local_load,
+        evict=server.evict_room,
+        worker_ids=(server.worker_id,),
+        policy=settings.placement,
+    )
+    server.placement = server.cluster = cluster
+    return cluster
+
+
+def signal_url(settings: Settings, port: int, *, tls: bool) -> str:
+    """The URL other nodes redirect to: ``--public-url``, or ws(s)://host:port/v1/signal."""
+    if settings.public_url:
+        return settings.public_url
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"{'wss' if tls else 'ws'}://{host}:{port}/v1/signal"
 
 
 async def _serve_worker(

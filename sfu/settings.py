@@ -40,7 +40,11 @@ webhook_key              SFU_WEBHOOK_KEY         --webhook-key         none (sec
 webhook_timeout_s        SFU_WEBHOOK_TIMEOUT     --webhook-timeout     5
 webhook_retry_max_s      SFU_WEBHOOK_RETRY_MAX   --webhook-retry-max   30
 webhook_queue_size       SFU_WEBHOOK_QUEUE_SIZE  --webhook-queue-size  10000 (per URL)
-redis_url                SFU_REDIS_URL           --redis               none (webhooks, consent)
+redis_url                SFU_REDIS_URL           --redis               none (cluster, consent...)
+node_id                  SFU_NODE_ID             --node-id             <hostname>-<pid>
+public_url               SFU_PUBLIC_URL          --public-url          ws(s)://host:port/v1/signal
+cluster_ttl_s            SFU_CLUSTER_TTL         --cluster-ttl         3 (node and room claim TTL)
+placement                SFU_PLACEMENT           --placement           local (or least-loaded)
 drain_deadline_s         SFU_DRAIN_DEADLINE      --drain-deadline      300
 workers                  SFU_WORKERS             --workers             1 (N, or auto: one per core)
 ice_port_range           SFU_ICE_PORT_RANGE      --ice-port-range      none (any free UDP port)
@@ -72,6 +76,7 @@ __all__ = [
     "LOG_FORMATS",
     "LOG_LEVELS",
     "OPTIONS",
+    "PLACEMENTS",
     "IceServer",
     "Option",
     "Settings",
@@ -87,6 +92,7 @@ DEFAULT_DATA_DIR = Path("sfu-data")
 DEFAULT_ISSUER = "oktorus-sfu"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("auto", "json", "console")
+PLACEMENTS = ("local", "least-loaded")
 
 _MAX_LEEWAY_S = 300.0
 _MAX_PRODUCER_TIMEOUT_S = 3600.0
@@ -104,6 +110,7 @@ _MIN_WEBHOOK_KEY_LEN = 32
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_NODE_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 class SettingsError(ValueError):
@@ -429,6 +436,24 @@ def _check_redis_url(value: object) -> None:
         raise SettingsError("must not contain spaces or control characters")
 
 
+def _check_node_id(value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not _NODE_ID_RE.match(value):
+        raise SettingsError("must be 1-64 characters of letters, digits and _ . : -")
+
+
+def _check_public_url(value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value.startswith(("ws://", "wss://")):
+        raise SettingsError("must be the ws:// or wss:// signalling URL clients are sent to")
+    if _CONTROL_RE.search(value) or " " in value or len(value) > 512:
+        raise SettingsError("must be a URL without spaces or control characters")
+    if not urlsplit(value).hostname:
+        raise SettingsError(f"has no host: {value!r}")
+
+
 MAX_WORKERS = 256
 
 
@@ -520,6 +545,7 @@ _check_reload_interval = _check_seconds(minimum=0.0, maximum=3600.0, inclusive_m
 _check_turn_ttl = _check_seconds(minimum=60.0, maximum=_MAX_TURN_TTL_S, inclusive_min=True)
 _check_webhook_timeout = _check_seconds(minimum=0.0, maximum=300.0, inclusive_min=False)
 _check_retry_max = _check_seconds(minimum=0.0, maximum=86400.0, inclusive_min=False)
+_check_cluster_ttl = _check_seconds(minimum=1.0, maximum=300.0, inclusive_min=True)
 _check_drain_deadline = _check_seconds(
     minimum=0.0, maximum=_MAX_DRAIN_DEADLINE_S, inclusive_min=True
 )
@@ -605,8 +631,23 @@ OPTIONS: tuple[Option, ...] = (
            "events kept per webhook URL while undelivered; oldest dropped beyond (default 10000)",
            _parse_int, _check_positive_int),
     Option("redis_url", "SFU_REDIS_URL", "--redis", "URL",
-           "Redis for the durable webhook queue and the consent ledger and revocations",
+           "Redis shared by a cluster of nodes: room placement, node registry, the durable "
+           "webhook queue, the consent ledger and revocations",
            _parse_str, _check_redis_url),
+    Option("node_id", "SFU_NODE_ID", "--node-id", "ID",
+           "this node's id in the cluster (needs --redis; default <hostname>-<pid>)",
+           _parse_str, _check_node_id),
+    Option("public_url", "SFU_PUBLIC_URL", "--public-url", "URL",
+           "the ws(s):// signalling URL other nodes hand out in 'redirect' (needs --redis; "
+           "default the listening address)", _parse_str, _check_public_url),
+    Option("cluster_ttl_s", "SFU_CLUSTER_TTL", "--cluster-ttl", "SECONDS",
+           "a node and its room claims vanish this long after its last heartbeat (default 3; "
+           "heartbeats every third of it)", _parse_float, _check_cluster_ttl),
+    Option("placement", "SFU_PLACEMENT", "--placement", "POLICY",
+           "where a new room goes: 'local' (the node its first join reaches) or "
+           "'least-loaded' (the live node with the fewest participants and tracks; the "
+           "join is redirected there) (default local)",
+           _parse_lower, _check_choice(PLACEMENTS)),
     Option("drain_deadline_s", "SFU_DRAIN_DEADLINE", "--drain-deadline", "SECONDS",
            "on SIGTERM, wait at most this long for participants to leave (default 300; "
            "SIGINT waits at most 5)", _parse_float, _check_drain_deadline),
@@ -678,6 +719,10 @@ class Settings:
     webhook_retry_max_s: float = 30.0
     webhook_queue_size: int = 10000
     redis_url: str | None = field(default=None, repr=False)
+    node_id: str | None = None
+    public_url: str | None = None
+    cluster_ttl_s: float = 3.0
+    placement: str = "local"
     drain_deadline_s: float = 300.0
     workers: int = 1
     ice_port_range: tuple[int, int] | None = None
@@ -701,6 +746,10 @@ class Settings:
             raise SettingsError("TURN URIs (--turn-uri, SFU_TURN_URIS) need --turn-secret")
         if self.turn_secret and not any(u.startswith("turn") for u in self.turn_uris):
             raise SettingsError("--turn-secret (SFU_TURN_SECRET) needs a turn: --turn-uri")
+        if (self.node_id is not None or self.public_url is not None) and not self.redis_url:
+            raise SettingsError(
+                "--node-id and --public-url (SFU_NODE_ID, SFU_PUBLIC_URL) need --redis"
+            )
         if self.ice_port_range is not None and (
             self.ice_port_range[1] - self.ice_port_range[0] + 1 < self.workers
         ):
@@ -781,6 +830,10 @@ class Settings:
             "webhook_retry_max_s": self.webhook_retry_max_s,
             "webhook_queue_size": self.webhook_queue_size,
             "redis_url": _redact_url(self.redis_url) if self.redis_url else None,
+            "node_id": self.node_id,
+            "public_url": self.public_url,
+            "cluster_ttl_s": self.cluster_ttl_s,
+            "placement": self.placement,
             "drain_deadline_s": self.drain_deadline_s,
             "workers": self.workers,
             "ice_port_range": list(self.ice_port_range) if self.ice_port_range else None,

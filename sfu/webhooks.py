@@ -7,6 +7,8 @@ Events (``event`` field): ``room_started``, ``room_finished``, ``participant_joi
     {"id": "EV_…", "event": "participant_joined", "created_at": 1764139200.123,
      "worker": "0", "room": {"id": "demo"}, "participant": {"id": "PA_…", …}}
 
+In a cluster (``--redis``) the body also names the ``node`` that saw the event.
+
 Each POST carries ``Authorization: <JWT>`` (HS256 with ``--webhook-key``, header ``typ``
 ``sfu-webhook+jwt``) whose ``sha256`` claim is the base64 SHA-256 of the exact body, as
 LiveKit does; :func:`verify_webhook` (and ``python -m sfu webhook verify``) checks it.
@@ -560,6 +562,7 @@ class Webhooks:
         *,
         issuer: str,
         worker: str = "0",
+        node: str | None = None,
         timeout_s: float = 5.0,
         retry_max_s: float = 30.0,
         queue_size: int = 10000,
@@ -571,6 +574,7 @@ class Webhooks:
         self._key = key or ""
         self._issuer = issuer
         self.worker = worker
+        self._origin = {"worker": worker} if node is None else {"worker": worker, "node": node}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.stats = WebhookStats()
         factory = queue_factory or (lambda url: MemoryQueue(queue_size))
@@ -643,7 +647,7 @@ class Webhooks:
                 "id": new_id("EV"),
                 "event": event,
                 "created_at": round(created_at, 6),
-                "worker": self.worker,
+                **self._origin,  # which worker (and, in a cluster, which node) saw it
                 **fields,
             },
             separators=(",", ":"),

@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from sfu.server import Server
+from signaling.cluster_api import setup_cluster_api
 from signaling.http_api import setup_http_api
 from signaling.messages import MAX_FRAME_BYTES
 from signaling.metrics import METRICS_CONTENT_TYPE, render_metrics
-from signaling.pages import setup_pages
+from signaling.pages import CONNECT_SOURCES, setup_pages
 from signaling.recordings_api import setup_recordings_api
 from signaling.session import SignalSession
 
@@ -57,6 +58,9 @@ async def readyz(request: web.Request) -> web.Response:
             status=503,
             headers={"Retry-After": str(server.retry_after_s())},
         )
+    if server.cluster is not None and not server.cluster.available:
+        # Redis unreachable: joins are refused ("cluster state unavailable"), calls go on.
+        return web.json_response({"status": "cluster state unavailable"}, status=503)
     return web.json_response({"status": "ready"})
 
 
@@ -76,7 +80,13 @@ def create_app(server: Server) -> web.Application:
     app.router.add_get("/metrics", metrics)
     setup_http_api(app, server)
     setup_recordings_api(app, server)
+    setup_cluster_api(app, server)
     setup_pages(app)
+    # Pages may follow `redirect` to any node of the cluster: allow their WebSockets (CSP).
+    # A worker has no ClusterNode: its supervisor passes the nodes' URLs on (peer_urls).
+    app[CONNECT_SOURCES] = lambda: (
+        server.cluster.node_urls if server.cluster is not None else server.peer_urls
+    )
 
     async def close_server(app: web.Application) -> AsyncIterator[None]:
         yield

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp
 
+from sfu.cluster.placement import ClusterUnavailable
 from sfu.ids import new_id
 from sfu.layer_choice import QUALITIES, Preference
 from sfu.participant import Participant
@@ -106,12 +107,25 @@ async def on_join(session: SignalSession, message: dict[str, Any], request_id: s
         raise ProtocolError("forbidden", "the token is for another room")
     secret = optional(message, "resume", str, max_len=MAX_SECRET_CHARS)
     if secret is not None:
+        # Before placement: a kept participant's room is held here already (it still
+        # counts), so resuming neither asks the cluster nor re-claims the room.
         resumed = claim(server.rooms.get(claims.room), secret, claims.identity)
         if resumed is not None:
             await _resume(session, resumed, request_id)
             return
         # Unknown, expired or someone else's: a fresh join (`resumed` false tells the
         # client to publish again and rebuild its peer connections).
+    try:
+        placement = await server.placement.place(claims.room)
+    except ClusterUnavailable:
+        raise ProtocolError("internal", "cluster state unavailable") from None
+    if not placement.local:
+        # The room lives on another node: the client sends the same `join` there.
+        session.reply(request_id, {"type": "redirect", "url": placement.url})
+        session.close_after_flush(1000)
+        return
+    if server.draining or server.closing:  # began while the placement was asked
+        raise ProtocolError("conflict", "the server is draining: join another node")
     room = server.rooms.get_or_create(claims.room)
     participant = Participant(
         participant_id=new_id("PA"),

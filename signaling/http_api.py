@@ -46,7 +46,6 @@ __all__ = [
     "authenticate_with",
     "error_response",
     "node_name",
-    "rooms_response",
     "setup_http_api",
 ]
 
@@ -204,42 +203,7 @@ def node_name() -> str:
     return socket.gethostname()
 
 
-def rooms_response(
-    request: web.Request,
-    keys: KeyStore,
-    settings: Settings,
-    rooms: list[dict[str, Any]],
-) -> web.Response:
-    """``GET /v1/rooms`` (admin): ``{"rooms": [{"id", "node", "workers", "participants"}]}``."""
-    try:
-        claims = authenticate_with(request, keys, settings)
-        if not claims.can("admin"):
-            raise ApiError("forbidden", "listing rooms needs the 'admin' grant")
-    except ApiError as exc:
-        return error_response(exc.code, exc.message)
-    ordered = sorted(rooms, key=lambda room: str(room["id"]))
-    return web.json_response({"rooms": ordered}, headers={"Cache-Control": "no-store"})
-
-
-def _rooms_handler(server: Server) -> Handler:
-    async def list_rooms(request: web.Request) -> web.StreamResponse:
-        node = node_name()
-        rooms = [
-            {
-                "id": room.id,
-                "node": node,
-                "workers": [server.worker_id],
-                "participants": len(room.participants),
-            }
-            for room in server.rooms.all()
-            if room.participants
-        ]
-        return rooms_response(request, server.keys, server.settings, rooms)
-
-    return list_rooms
-
-
 def setup_http_api(app: web.Application, server: Server) -> None:
     """Register the HTTP API routes of ``server`` on ``app``."""
     app.router.add_post("/v1/sessions", _sessions_handler(server))
-    app.router.add_get("/v1/rooms", _rooms_handler(server))
+    # GET /v1/rooms is signaling.cluster_api's (cluster-aware, same shape).

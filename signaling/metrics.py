@@ -71,6 +71,7 @@ class ServerCollector(Collector):
                      _uptime(server))  # fmt: skip
         yield _gauge("sfu_draining", "1 while draining (joins refused).", w,
                      1.0 if server.draining else 0.0)  # fmt: skip
+        yield from _cluster(server)
         yield _gauge("sfu_rooms", "Rooms with at least one participant.", w, len(rooms))
         yield _gauge("sfu_participants", "Joined participants.", w, len(participants))
         yield _gauge("sfu_producers", "Published tracks.", w, len(producers))
@@ -290,6 +291,36 @@ def _pipe_metrics(server: Server, w: str) -> Iterator[Metric]:
                  sum(link.endpoint.keyframe_requests_in for link in links))  # fmt: skip
     yield _gauge("sfu_pipe_tracks", "Tracks piped to another worker now (it has subscribers).",
                  w, sum(len(link.endpoint.sinks) for link in links))  # fmt: skip
+
+
+def _cluster(server: Server) -> Iterator[Metric]:
+    """This node's view of the cluster (``--redis`` only; labelled by ``node``, not worker)."""
+    cluster = server.cluster
+    if cluster is None:
+        return
+    node = server.node_id
+
+    def family(kind: type[GaugeMetricFamily] | type[CounterMetricFamily], name: str,
+               doc: str, value: float) -> Metric:  # fmt: skip
+        metric = kind(name, doc, labels=["node"])
+        metric.add_metric([node], value)
+        return metric
+
+    yield family(GaugeMetricFamily, "sfu_cluster_available",
+                 "1 while Redis answers (joins accepted), 0 while it does not.",
+                 1.0 if cluster.available else 0.0)  # fmt: skip
+    yield family(GaugeMetricFamily, "sfu_cluster_rooms_claimed",
+                 "Rooms this node holds a claim on.", len(cluster.held()))  # fmt: skip
+    yield family(GaugeMetricFamily, "sfu_cluster_nodes",
+                 "Live nodes as of the last heartbeat.", len(cluster.node_urls))  # fmt: skip
+    yield family(CounterMetricFamily, "sfu_cluster_redirects",
+                 "Joins answered with redirect to another node.", cluster.redirects)  # fmt: skip
+    yield family(CounterMetricFamily, "sfu_cluster_rooms_lost",
+                 "Claims another node took over (rooms evicted here).",
+                 cluster.rooms_lost)  # fmt: skip
+    yield family(CounterMetricFamily, "sfu_cluster_rooms_reclaimed",
+                 "Claims re-taken with a new epoch after they expired (Redis outage).",
+                 cluster.rooms_reclaimed)  # fmt: skip
 
 
 def render_metrics(server: Server) -> str:

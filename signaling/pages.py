@@ -14,13 +14,22 @@ from __future__ import annotations
 import gzip
 import hashlib
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
-__all__ = ["PAGES", "STATIC_DIR", "StaticFile", "load_static", "security_headers", "setup_pages"]
+__all__ = [
+    "CONNECT_SOURCES",
+    "PAGES",
+    "STATIC_DIR",
+    "StaticFile",
+    "load_static",
+    "security_headers",
+    "setup_pages",
+]
 
 STATIC_DIR = Path(__file__).with_name("static")
 PAGES: Mapping[str, str] = {"/join": "call.html", "/agent": "agent.html"}
@@ -38,6 +47,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: Other signalling URLs a page may be sent to (a cluster's nodes, for ``redirect``).
+CONNECT_SOURCES: web.AppKey[Callable[[], Iterable[str]]] = web.AppKey("connect_sources")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +80,23 @@ def load_static(directory: Path = STATIC_DIR) -> dict[str, StaticFile]:
     return files
 
 
-def _connect_src(host: str) -> str:
-    """'self' plus the signalling WebSocket on this very host (ws: and wss:)."""
+def _connect_src(host: str, others: Iterable[str] = ()) -> str:
+    """'self' plus the signalling WebSocket on this very host (ws: and wss:), and the
+    ws(s) origins of ``others`` (other nodes' signalling URLs: a `redirect` may lead there)."""
+    sources = ["'self'"]
     if _HOST_RE.match(host):
-        return f"'self' ws://{host} wss://{host}"
-    return "'self'"
+        sources += [f"ws://{host}", f"wss://{host}"]
+    for url in others:
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        if parts.scheme in ("ws", "wss") and _HOST_RE.match(parts.netloc) and origin not in sources:
+            sources.append(origin)
+    return " ".join(sources)
+
+
+def _others(request: web.Request) -> Iterable[str]:
+    sources = request.app.get(CONNECT_SOURCES)
+    return sources() if sources is not None else ()
 
 
 def security_headers(request: web.Request) -> dict[str, str]:
@@ -81,7 +104,7 @@ def security_headers(request: web.Request) -> dict[str, str]:
     csp = "; ".join(
         (
             "default-src 'self'",
-            f"connect-src {_connect_src(request.host)}",
+            f"connect-src {_connect_src(request.host, _others(request))}",
             "img-src 'self' data:",
             "object-src 'none'",
             "base-uri 'none'",

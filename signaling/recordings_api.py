@@ -17,6 +17,8 @@ from typing import Any
 from aiohttp import web
 
 from consent.ledger import LedgerEntry
+from consent.revocation import RevocationUnavailable
+from recorder.requests import RecordingError
 from recorder.service import RecordingService
 from recorder.store import RecordingInfo, RecordingNotFound
 from sfu.server import Server
@@ -171,7 +173,23 @@ def setup_recordings_api(app: web.Application, server: Server) -> None:
             "recordings": [i.to_dict() for i in infos],
         }
 
+    async def withdraw_subject(request: web.Request, claims: AccessClaims) -> Any:
+        """Withdraw a person's consent from anywhere (a privacy page, support on another
+        node): recordings of it stop on whichever node is recording (within 500 ms)."""
+        subject = request.match_info["subject"]
+        if not claims.can("admin") and claims.identity != subject:
+            raise ApiError("forbidden", "only an admin or that person may withdraw consent")
+        jti = request.query.get("jti") or None
+        try:
+            withdrawn = await _service(server).withdraw_subject(subject, claims.identity, jti)
+        except RecordingError as exc:
+            raise ApiError(exc.code, exc.message) from None
+        except RevocationUnavailable:
+            raise ApiError("internal", "revocation state unavailable: retry") from None
+        return {"subject": subject, "withdrawn": withdrawn}
+
     app.router.add_get("/v1/recordings", _guarded(server, list_recordings))
     app.router.add_get("/v1/recordings/{id}/media", _guarded(server, media))
     app.router.add_delete("/v1/recordings/{id}", _guarded(server, erase))
     app.router.add_get("/v1/subjects/{subject}/export", _guarded(server, export_subject))
+    app.router.add_post("/v1/subjects/{subject}/withdraw", _guarded(server, withdraw_subject))

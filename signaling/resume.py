@@ -29,7 +29,7 @@ async def end_participant(server: Server, room: Room, participant: Participant) 
     await room.leave(participant)
     if server.recordings is not None:
         await server.recordings.participant_left(room, participant)
-    server.rooms.release(room)
+    server.release_room(room)  # the last one out gives the room's cluster claim up
 
 
 def detach(server: Server, room: Room, participant: Participant) -> None:

@@ -56,6 +56,7 @@ class SignalSession:
         self._close_code: int | None = None
         self._dropped = False  # the socket ended without the client meaning to leave
         self._background: set[asyncio.Task[None]] = set()
+        self._kicked: asyncio.Task[None] | None = None
 
     # --- sending --------------------------------------------------------------------
 
@@ -97,6 +98,22 @@ class SignalSession:
             participant.send(message)
         self._pending = []
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(participant))
+
+    def disconnect(self, code: int) -> None:
+        """Server-side end of a joined session: send what is queued, then close the socket
+        (the read loop then ends and the participant leaves its room)."""
+        if self._close_code is not None and self._kicked is not None:
+            return
+        self._close_code = code
+        self._kicked = asyncio.get_running_loop().create_task(self._close_after_writer(code))
+
+    async def _close_after_writer(self, code: int) -> None:
+        participant, writer = self.participant, self._writer
+        if participant is not None and writer is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                participant.outbox.put_nowait(None)
+            await asyncio.wait([writer], timeout=2.0)
+        await self.ws.close(code=code)
 
     def replaced(self) -> None:
         """Another connection resumed this participant: this one stops speaking for it."""

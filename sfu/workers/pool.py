@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,13 @@ import structlog
 
 from sfu.settings import Settings
 from sfu.workers.placement import WorkerLoad
-from sfu.workers.worker import LOAD_PATH, WorkerSpec, encode_spec, split_port_range
+from sfu.workers.worker import (
+    LOAD_PATH,
+    NODES_HEADER,
+    WorkerSpec,
+    encode_spec,
+    split_port_range,
+)
 
 __all__ = ["MAX_RESTARTS", "RESTART_WINDOW_S", "WorkerPool", "WorkerSlot", "WorkerStartError"]
 
@@ -119,6 +126,8 @@ class WorkerPool:
         ]
         self.stopping = False
         self.on_worker_lost: list[Any] = []  # callbacks(slot) when a worker dies
+        # The cluster's node URLs, passed to the workers on each load poll (--redis).
+        self.node_urls: Callable[[], tuple[str, ...]] = lambda: ()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def by_id(self, worker_id: str) -> WorkerSlot | None:
@@ -213,7 +222,9 @@ class WorkerPool:
             return False
         try:
             async with slot.session.get(
-                "http://worker" + LOAD_PATH, timeout=aiohttp.ClientTimeout(total=LOAD_TIMEOUT_S)
+                "http://worker" + LOAD_PATH,
+                headers={NODES_HEADER: " ".join(self.node_urls())} if self.node_urls() else None,
+                timeout=aiohttp.ClientTimeout(total=LOAD_TIMEOUT_S),
             ) as response:
                 if response.status != 200:
                     return False

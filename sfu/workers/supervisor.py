@@ -15,6 +15,7 @@ to a ready worker, since all of them share the data dir.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import shutil
 import signal
@@ -27,10 +28,14 @@ import aiohttp
 import structlog
 from aiohttp import WSMsgType, web
 
+from sfu.cluster.node import CpuMeter, default_node_id
+from sfu.cluster.placement import ClusterUnavailable
+from sfu.cluster.state import ClusterState
 from sfu.drain import FAST_DEADLINE_S
 from sfu.keys import KeyStore
 from sfu.settings import Settings
 from sfu.tokens import TokenError
+from sfu.workers.cluster import SupervisorNode, pool_load, worker_rooms
 from sfu.workers.metrics_merge import merge_metrics
 from sfu.workers.placement import LocalNode, NodePlacement, choose_worker
 from sfu.workers.pool import WorkerPool, WorkerSlot, WorkerStartError
@@ -38,8 +43,10 @@ from sfu.workers.proxy import proxy_request
 from sfu.workers.relay import relay
 from sfu.workers.worker import SPAN_OPEN_PATH
 from signaling.access import verify_access_token
-from signaling.http_api import node_name, rooms_response
+from signaling.cluster_api import local_rooms
+from signaling.http_api import ApiError, authenticate_with, error_response, node_name
 from signaling.messages import MAX_FRAME_BYTES, ProtocolError, parse_frame
+from signaling.session import CLOSE_RATE_LIMITED, ERRORS_BEFORE_CUTOFF
 
 __all__ = ["Homes", "Joining", "Supervisor", "supervise"]
 
@@ -47,6 +54,7 @@ log = structlog.get_logger(__name__)
 
 METRICS_TIMEOUT_S = 5.0
 SPAN_OPEN_TIMEOUT_S = 10.0
+REFUSED_JOINS_MAX = ERRORS_BEFORE_CUTOFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +141,8 @@ class Supervisor:
         self.keys = keys
         self.pool = pool
         self.nodes: NodePlacement = nodes if nodes is not None else LocalNode()
+        self.cluster: SupervisorNode | None = None  # with --redis: this node of the cluster
+        self.cpu = CpuMeter()
         self.homes = Homes()
         self.draining = False
         self.drain_deadline = 0.0
@@ -152,6 +162,10 @@ class Supervisor:
         if home is not None:
             slot = self.pool.by_id(home[0])
             if slot is not None and slot.ready and slot.generation == home[1]:
+                return slot
+        for slot in self.pool.ready():
+            if slot.rooms().get(room, 0) > 0:  # still hosted (a participant awaiting resume)
+                self.homes.worker[room] = (slot.id, slot.generation)
                 return slot
         chosen = choose_worker([slot.load() for slot in self.pool.slots])
         slot = self.pool.by_id(chosen) if chosen is not None else None
@@ -205,6 +219,13 @@ class Supervisor:
     def any_worker(self) -> WorkerSlot | None:
         chosen = choose_worker([slot.load() for slot in self.pool.slots])
         return self.pool.by_id(chosen) if chosen is not None else None
+
+    def hosts(self, room: str) -> bool:
+        """Whether ``room`` lives here: a connection for it is relayed now, or a worker
+        reports it (participants, kept ones awaiting resume too)."""
+        return room in self.homes.worker or any(
+            slot.rooms().get(room, 0) > 0 for slot in self.pool.ready()
+        )
 
     def room_of(self, frame: aiohttp.WSMessage) -> str | None:
         """The room a first frame's valid ``join`` token names; None for anything else."""
@@ -289,18 +310,35 @@ async def signal_handler(request: web.Request) -> web.StreamResponse:
     room: str | None = None
     attached: str | None = None
     joining: Joining | None = None
+    refused = 0
     try:
-        first = await ws.receive()  # as with one process: no deadline, heartbeats
-        if first.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-            return ws
-        joining = sup.join_of(first)
-        room = joining.room if joining is not None else None
-        if room is not None:
+        while True:  # each turn reads one frame; at most REFUSED_JOINS_MAX turns refuse
+            first = await ws.receive()  # as with one process: no deadline, heartbeats
+            if first.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                return ws
+            joining = sup.join_of(first)
+            room = joining.room if joining is not None else None
+            if room is None:
+                break
             sup.homes.acquire(room)
-            elsewhere = await sup.nodes.node_for(room)
+            try:
+                elsewhere = await sup.nodes.node_for(room)
+            except ClusterUnavailable:
+                if sup.hosts(room) and _resuming(first):
+                    break  # as one process: a resume never waits for the cluster state
+                # As one process: `internal`, the socket stays open for another try.
+                sup.homes.release(room)
+                room = None
+                await _send_error(ws, first, "internal", "cluster state unavailable")
+                refused += 1
+                if refused >= REFUSED_JOINS_MAX:  # as one process cuts off an erring client
+                    await ws.close(code=CLOSE_RATE_LIMITED, message=b"too many errors")
+                    return ws
+                continue
             if elsewhere is not None:
                 await _redirect(ws, first, elsewhere)
                 return ws
+            break
         slot = sup.resume_slot(joining) if joining is not None else None
         if slot is None:
             slot = sup.home_of(room) if room is not None else sup.any_worker()
@@ -329,11 +367,30 @@ async def signal_handler(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+def _resuming(first: aiohttp.WSMessage) -> bool:
+    """Whether a (parsed before) first frame is a ``join`` carrying a ``resume`` secret."""
+    try:
+        message, _ = parse_frame(first.data)
+    except ProtocolError:
+        return False
+    return isinstance(message.get("resume"), str)
+
+
 def _request_id(first: aiohttp.WSMessage) -> str | None:
     try:
         return parse_frame(first.data)[1] if first.type == WSMsgType.TEXT else None
     except ProtocolError as exc:
         return exc.request_id
+
+
+async def _send_error(
+    ws: web.WebSocketResponse, first: aiohttp.WSMessage, code: str, text: str
+) -> None:
+    message: dict[str, object] = {"type": "error", "code": code, "message": text}
+    request_id = _request_id(first)
+    if request_id is not None:
+        message["id"] = request_id
+    await ws.send_json(message)
 
 
 async def _no_worker(ws: web.WebSocketResponse, first: aiohttp.WSMessage) -> None:
@@ -375,6 +432,9 @@ async def readyz(request: web.Request) -> web.Response:
     ready = [slot.id for slot in sup.pool.ready()]
     if not ready:
         return web.json_response({"status": "no worker ready"}, status=503)
+    if sup.cluster is not None and not sup.cluster.node.available:
+        # Redis unreachable: joins are refused ("cluster state unavailable"), calls go on.
+        return web.json_response({"status": "cluster state unavailable"}, status=503)
     return web.json_response({"status": "ready", "workers": ready})
 
 
@@ -402,30 +462,103 @@ async def metrics(request: web.Request) -> web.Response:
     own += [
         f'sfu_worker_restarts_total{{worker="{s.id}"}} {s.generation - 1}' for s in sup.pool.slots
     ]
+    if sup.cluster is not None:
+        own += _cluster_metrics(sup.cluster)
     body = merge_metrics([*texts, "\n".join(own)])
     return web.Response(
         body=body.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
     )
 
 
+def _cluster_metrics(cluster: SupervisorNode) -> list[str]:
+    """The node's cluster families (as one process writes them, labelled by ``node``)."""
+    node = cluster.node
+    label = f'{{node="{node.node_id}"}}'
+    families = (
+        ("sfu_cluster_available", "gauge", "1 while Redis answers.", int(node.available)),
+        ("sfu_cluster_rooms_claimed", "gauge", "Rooms claimed here.", len(node.held())),
+        ("sfu_cluster_nodes", "gauge", "Live nodes as of the last heartbeat.", len(node.node_urls)),
+        ("sfu_cluster_redirects_total", "counter", "Joins answered with redirect.", node.redirects),
+        ("sfu_cluster_rooms_lost_total", "counter", "Claims lost.", node.rooms_lost),
+        ("sfu_cluster_rooms_reclaimed_total", "counter", "Expired claims re-taken.",
+         node.rooms_reclaimed),
+    )  # fmt: skip
+    lines: list[str] = []
+    for name, kind, text, value in families:
+        family = name.removesuffix("_total")
+        lines += [f"# HELP {family} {text}", f"# TYPE {family} {kind}", f"{name}{label} {value}"]
+    return lines
+
+
+def _admin(sup: Supervisor, request: web.Request) -> web.Response | None:
+    """None when the request carries an admin token; else the error response."""
+    try:
+        claims = authenticate_with(request, sup.keys, sup.settings)
+        if not claims.can("admin"):
+            raise ApiError("forbidden", "this needs the 'admin' grant")
+    except ApiError as exc:
+        return error_response(exc.code, exc.message)
+    return None
+
+
+def _listing(body: dict[str, object]) -> web.Response:
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
 async def list_rooms(request: web.Request) -> web.Response:
+    """``GET /v1/rooms``: as one process, with the worker ids from the load reports; with
+    ``--redis`` every claimed room of the cluster (this node's counts live)."""
     sup: Supervisor = request.app[SUPERVISOR]
-    node = node_name()
-    merged: dict[str, dict[str, object]] = {}
-    for slot in sup.pool.ready():
-        for room, participants in slot.rooms().items():
-            entry = merged.setdefault(
-                room, {"id": room, "node": node, "workers": [], "participants": 0}
-            )
-            workers = entry["workers"]
-            assert isinstance(workers, list)
-            workers.append(slot.id)
-            entry["participants"] = int(str(entry["participants"])) + participants
-    return rooms_response(request, sup.keys, sup.settings, list(merged.values()))
+    refused = _admin(sup, request)
+    if refused is not None:
+        return refused
+    cluster = sup.cluster
+    if cluster is None:
+        return _listing({"rooms": local_rooms(node_name(), worker_rooms(sup.pool))})
+    here = {r["id"]: r for r in local_rooms(cluster.node.node_id, worker_rooms(sup.pool))}
+    try:
+        records = await cluster.node.state.rooms()
+    except ClusterUnavailable:
+        return error_response("internal", "cluster state unavailable")
+    rows = []
+    for record in records:
+        row = record.describe()
+        if record.node == cluster.node.node_id and record.id in here:
+            row = here[record.id]
+        rows.append(row)
+    return _listing({"rooms": rows})
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    """``GET /v1/nodes``: the cluster's live nodes; without ``--redis`` this one (N workers)."""
+    sup: Supervisor = request.app[SUPERVISOR]
+    refused = _admin(sup, request)
+    if refused is not None:
+        return refused
+    if sup.cluster is not None:
+        try:
+            nodes = await sup.cluster.node.state.nodes()
+        except ClusterUnavailable:
+            return error_response("internal", "cluster state unavailable")
+        return _listing({"nodes": [n.describe() for n in nodes]})
+    scheme = "wss" if request.secure else "ws"
+    load = pool_load(sup.pool).describe(sup.cpu.read())
+    me = {
+        "id": node_name(),
+        "url": f"{scheme}://{request.host}/v1/signal",
+        "load": load,
+        "workers": len(sup.pool.slots),
+    }
+    return _listing({"nodes": [me]})
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
     sup: Supervisor = request.app[SUPERVISOR]
+    if request.path.lstrip("/").startswith("internal/"):
+        # The workers' private routes (load reports, eviction) are not for the public port.
+        return web.json_response(
+            {"error": {"code": "not_found", "message": "no such endpoint"}}, status=404
+        )
     slot = sup.any_worker()
     if slot is None or slot.session is None:
         return web.json_response(
@@ -447,6 +580,7 @@ def create_supervisor_app(sup: Supervisor) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/rooms", list_rooms)
+    app.router.add_get("/v1/nodes", list_nodes)
     app.router.add_route("*", "/{tail:.*}", proxy)
 
     async def close_clients(app: web.Application) -> None:
@@ -478,6 +612,12 @@ def recover_recordings(settings: Settings, keys: KeyStore) -> None:
 async def supervise(settings: Settings) -> int:
     """Run the supervisor until SIGTERM/SIGINT has drained the workers."""
     keys = KeyStore.open(settings.data_dir)  # created here once, before workers race for it
+    state: ClusterState | None = None
+    if settings.redis_url:
+        state = ClusterState.from_url(settings.redis_url)
+        await state.ping()  # fail fast with a clear message (ClusterUnavailable) when down
+        # One node id for the supervisor and its workers (their webhooks name the node).
+        settings = dataclasses.replace(settings, node_id=settings.node_id or default_node_id())
     socket_dir = Path(tempfile.mkdtemp(prefix="oktorus-sfu-"))
     pool = WorkerPool(settings, socket_dir, settings.workers)
     # Workers start (and import the media stack) while recovery runs: no worker can record
@@ -492,8 +632,21 @@ async def supervise(settings: Settings) -> int:
         starting.cancel()
         await pool.stop(timeout_s=5.0)
         shutil.rmtree(socket_dir, ignore_errors=True)
+        if state is not None:
+            await state.close()
         raise
     sup = Supervisor(settings, keys, pool)
+    if state is not None:
+        assert settings.node_id is not None
+        sup.cluster = SupervisorNode(
+            state,
+            settings,
+            node_id=settings.node_id,
+            pool=pool,
+            connections=sup.homes.connections,
+            homes=sup.homes.worker,
+        )
+        sup.nodes = sup.cluster
     runner = web.AppRunner(create_supervisor_app(sup), access_log=None, handle_signals=False)
     loop = asyncio.get_running_loop()
     signals: asyncio.Queue[int] = asyncio.Queue()
@@ -515,6 +668,11 @@ async def supervise(settings: Settings) -> int:
         await site.start()
         port = runner.addresses[0][1]
         scheme = "https" if tls is not None else "http"
+        if sup.cluster is not None:
+            # Until registered, joins are refused ("cluster state unavailable").
+            from sfu.server_main import signal_url
+
+            await sup.cluster.start(signal_url(settings, port, tls=tls is not None))
         log.info(
             "listening",
             url=f"{scheme}://{settings.host}:{port}",
@@ -522,11 +680,17 @@ async def supervise(settings: Settings) -> int:
             tls=tls is not None,
             data_dir=str(settings.data_dir),
             workers=[{"id": s.id, "pid": s.pid, "ice_ports": s.spec.ice_ports} for s in pool.slots],
+            node=settings.node_id,
+            cluster=sup.cluster.node.url if sup.cluster is not None else None,
         )
         await _drain(sup, signals)
     finally:
         pool.stopping = True
         await runner.cleanup()
+        if sup.cluster is not None:
+            await sup.cluster.stop()
+        elif state is not None:
+            await state.close()
         await pool.stop()
         shutil.rmtree(socket_dir, ignore_errors=True)
     return 0
@@ -542,6 +706,8 @@ async def _drain(sup: Supervisor, signals: asyncio.Queue[int]) -> None:
     )
     log.info("drain_requested", signal=signal.Signals(sig).name, deadline_s=deadline)
     sup.start_draining(deadline)
+    if sup.cluster is not None:
+        sup.cluster.draining()  # rooms re-form on other nodes as participants move
     sup.pool.stopping = True
     sup.pool.signal_all(sig)
     waiting = asyncio.get_running_loop().create_task(sup.pool.wait_exited(deadline + 15.0))

@@ -31,6 +31,10 @@ __all__ = ["WorkerSpec", "load_report", "main", "split_port_range", "worker_rout
 LOAD_PATH = "/internal/load"
 SPAN_OPEN_PATH = "/internal/span/open"  # supervisor → spill worker (sfu.workers.span)
 SPAN_LINK_PATH = "/internal/span/link"  # spill worker → home worker
+EVICT_PATH = "/internal/evict"  # the supervisor's cluster claim on a room was lost
+#: On load polls: the cluster's node URLs, space-separated (pages' CSP may connect to them).
+NODES_HEADER = "X-Oktorus-Cluster-Nodes"
+MAX_NODE_URLS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,9 @@ def worker_routes(app: web.Application, server: Server) -> None:
     """Routes only the supervisor can reach (the worker listens on a private socket)."""
 
     async def load(request: web.Request) -> web.Response:
+        nodes = request.headers.get(NODES_HEADER)
+        if nodes is not None:
+            server.peer_urls = tuple(nodes.split()[:MAX_NODE_URLS])
         return web.json_response(load_report(server))
 
     @web.middleware
@@ -88,7 +95,20 @@ def worker_routes(app: web.Application, server: Server) -> None:
             request = request.clone(scheme=proto)
         return await handler(request)
 
+    async def evict(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        room = body.get("room") if isinstance(body, dict) else None
+        url = body.get("url") if isinstance(body, dict) else None
+        if not isinstance(room, str) or not (url is None or isinstance(url, str)):
+            return web.json_response({"error": "expected {room, url}"}, status=400)
+        server.evict_room(room, url)
+        return web.json_response({"evicted": room})
+
     app.router.add_get(LOAD_PATH, load)
+    app.router.add_post(EVICT_PATH, evict)
     app.middlewares.append(forwarded_proto)
     from sfu.workers.span import span_routes
 

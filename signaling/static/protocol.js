@@ -527,6 +527,8 @@ export class SfuConnection extends EventTarget {
   /** subscribe m-line → track id it carries now. @type {Map<string, string>} */
   #midTracks = new Map();
   #url;
+  /** The URL given to the constructor: where re-joins start again once a redirect target fails. */
+  #entryUrl;
   #token;
   #leaving = false;
   #redirects = 0;
@@ -576,6 +578,7 @@ export class SfuConnection extends EventTarget {
   constructor(url, token, options = {}) {
     super();
     this.#url = url;
+    this.#entryUrl = url;
     this.#token = token;
     this.options = {
       reconnect: options.reconnect ?? true,
@@ -1091,6 +1094,9 @@ export class SfuConnection extends EventTarget {
       const socket = this.socket;
       this.socket = null;
       socket?.abandon('re-join failed');
+      // The node a redirect led to may be gone: the next try goes through the entry URL,
+      // which redirects to wherever the room lives now (another node takes it over).
+      this.#url = this.#entryUrl;
       this.#scheduleReconnect(failure);
       return;
     }

@@ -37,6 +37,10 @@ class StandInServer:
     rooms: Registry = field(default_factory=Registry)
     recordings: Any = None
 
+    def release_room(self, room: Room) -> None:
+        """As Server.release_room: the registry forgets the room (and the cluster claim)."""
+        self.rooms.release(room)
+
 
 def _member(room: Room, identity: str) -> Participant:
     participant = Participant(
