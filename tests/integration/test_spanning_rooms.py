@@ -34,7 +34,7 @@ from helpers.media import (
 )
 from helpers.server import ServerProcess
 
-from signaling.client import Participant, SignalError
+from signaling.client import Participant
 
 pytestmark = pytest.mark.integration
 
