@@ -172,6 +172,8 @@ async def test_recording_started_before_the_spill_reaches_the_spilled_customer(
         assert not _recorded(seen[0], agent), "the agent never consented: never recorded"
         await asyncio.sleep(4.0)
 
+        for person in (agent, customer):  # only states sent from now on count
+            person.signal.discard("recording.state")
         started = time.monotonic()
         await customer.signal.request({"type": "consent.withdraw", "jti": granted["jti"]}, T)
         await customer.next_event(
@@ -249,6 +251,8 @@ async def test_agent_stop_ends_recorders_on_both_workers(server: ServerProcess) 
         assert all(p["scope"] == ["audio"] for p in both[0]["participants"])
         await asyncio.sleep(2.0)
 
+        for person in (agent, near, customer):  # only states sent from now on count
+            person.signal.discard("recording.state")
         await agent.signal.request({"type": "recording.stop"}, T)
         for person in (agent, near, customer):
             await person.next_event("recording.state", lambda e: e["active"] is False, timeout=T)
