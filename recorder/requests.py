@@ -15,7 +15,13 @@ if TYPE_CHECKING:
     from sfu.producer import Producer
     from sfu.room import Room
 
-__all__ = ["Consent", "RecordingError", "RoomRecording", "unverified_scope"]
+__all__ = [
+    "Consent",
+    "RecordingError",
+    "RemoteConsent",
+    "RoomRecording",
+    "unverified_scope",
+]
 
 
 class RecordingError(Exception):
@@ -44,6 +50,15 @@ class Consent:
         return sorted(self.claims.scope) if self.claims and self.state == "granted" else []
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteConsent:
+    """A participant on the other shard of a spanning room: its answer, and if recorded."""
+
+    state: str
+    scope: tuple[str, ...]
+    recorded: bool
+
+
 @dataclass(slots=True)
 class RoomRecording:
     """The active recording request of one room."""
@@ -53,7 +68,12 @@ class RoomRecording:
     scope: frozenset[str]
     notice: str
     requested_by: str  # participant id
+    requested_by_identity: str = ""  # the ledger's actor for consent.requested
+    # False on the other shard of a spanning room: the request came over the shard link.
+    owner: bool = True
     consents: dict[str, Consent] = field(default_factory=dict)
+    # The other shard's participants' answers (spanning room), as it last told us.
+    remote: dict[str, RemoteConsent] = field(default_factory=dict)
     # Answers by identity, so a reconnecting person is not asked again: a refusal stands,
     # a still-valid consent resumes recording.
     answers: dict[str, tuple[str, ConsentClaims | None]] = field(default_factory=dict)

@@ -35,10 +35,26 @@ from consent.tokens import (
 )
 from recorder.crypto import load_master_key
 from recorder.remux import TrackSpec
-from recorder.requests import Consent, RecordingError, RoomRecording, unverified_scope
+from recorder.requests import (
+    Consent,
+    RecordingError,
+    RemoteConsent,
+    RoomRecording,
+    unverified_scope,
+)
+from recorder.span_wire import (
+    RemoteStart,
+    consents_message,
+    parse_consents,
+    parse_start,
+    parse_stop,
+    start_message,
+    stop_message,
+)
 from recorder.store import RecordingStore, hold_recordings_lock
 from sfu.ids import new_id
 from sfu.keys import KeyStore
+from sfu.shard import ShardProtocolError
 
 if TYPE_CHECKING:
     from sfu.participant import Participant
@@ -88,6 +104,9 @@ class RecordingService:
         self._renewals: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lock_file: IO[bytes] | None = None
+        # Rooms that span workers: how to reach the other shard, and its messages in order.
+        self._links: dict[str, Callable[[dict[str, Any]], None]] = {}
+        self._link_lock = asyncio.Lock()
 
     @classmethod
     async def open(
@@ -136,18 +155,36 @@ class RecordingService:
         active = self.rooms.get(room.id)
         if active is None:
             return {"active": False, "recording": None, "participants": [], "requests": []}
-        recorded = [c for c in active.consents.values() if c.sink is not None]
+        # Both shards of a spanning room list everyone (theirs and ours), in id order, so
+        # every client sees the same state wherever it is connected.
+        recorded = [
+            {"id": c.participant.id, "scope": c.scope}
+            for c in active.consents.values()
+            if c.sink is not None
+        ] + [{"id": pid, "scope": list(r.scope)} for pid, r in active.remote.items() if r.recorded]
+        requests = [{"participant": pid, "state": c.state} for pid, c in active.consents.items()]
+        requests += [
+            {"participant": pid, "state": r.state}
+            for pid, r in active.remote.items()
+            if pid not in active.consents
+        ]
         return {
             "active": bool(recorded),
             "recording": active.id,
-            "participants": [{"id": c.participant.id, "scope": c.scope} for c in recorded],
-            "requests": [
-                {"participant": pid, "state": c.state} for pid, c in active.consents.items()
-            ],
+            "participants": sorted(recorded, key=lambda p: str(p["id"])),
+            "requests": sorted(requests, key=lambda r: r["participant"]),
         }
 
-    def _announce(self, room: Room) -> None:
+    def _announce(self, room: Room, *, tell_shard: bool = True) -> None:
         room.broadcast({"type": "recording.state", **self.state(room)})
+        request = self.rooms.get(room.id)
+        if tell_shard and request is not None:
+            self._tell(room.id, consents_message(request))
+
+    def _tell(self, room_id: str, message: dict[str, Any]) -> None:
+        send = self._links.get(room_id)
+        if send is not None:
+            send(message)
 
     # --- agent requests ---------------------------------------------------------------
 
@@ -164,19 +201,22 @@ class RecordingService:
             raise RecordingError("bad_request", f"scope: {exc}") from None
         if not isinstance(notice, str) or not notice.strip() or len(notice) > MAX_NOTICE_CHARS:
             raise RecordingError("bad_request", "notice must be the text shown to participants")
-        request = RoomRecording(new_id("RQ"), room, kinds, notice, agent.id)
+        request = RoomRecording(
+            new_id("RQ"), room, kinds, notice, agent.id, requested_by_identity=agent.identity
+        )
         self.rooms[room.id] = request
+        self._tell(room.id, start_message(request))  # the other shard asks its own people
         for participant in room.participants.values():
             if participant.id != agent.id:
-                await self._ask(request, participant, agent)
+                await self._ask(request, participant)
         self._announce(room)
         return request
 
-    async def _ask(
-        self, request: RoomRecording, participant: Participant, agent: Participant
-    ) -> None:
+    async def _ask(self, request: RoomRecording, participant: Participant) -> None:
         request.consents[participant.id] = Consent(participant)
-        await self._log(request, "consent.requested", participant.identity, agent.identity)
+        await self._log(
+            request, "consent.requested", participant.identity, request.requested_by_identity
+        )
         participant.send(_consent_request(request))
 
     async def stop(self, room: Room, agent: Participant) -> None:
@@ -185,6 +225,7 @@ class RecordingService:
         request = self.rooms.pop(room.id, None)
         if request is None:
             raise RecordingError("conflict", "no recording is active")
+        self._tell(room.id, stop_message(request, agent.identity))  # both shards stop
         for consent in request.consents.values():
             await self._detach(request, consent, "stopped by agent", agent.identity)
         self._announce(room)
@@ -431,7 +472,7 @@ class RecordingService:
 
     async def participant_joined(self, room: Room, participant: Participant) -> None:
         request = self.rooms.get(room.id)
-        if request is None:
+        if request is None or participant.id in request.consents:
             return
         answer, claims = request.answers.get(participant.identity, ("", None))
         if answer == "granted" and claims is not None and await self._still_valid(claims):
@@ -441,10 +482,8 @@ class RecordingService:
             )
         elif answer in ("refused", "withdrawn", "granted"):
             request.consents[participant.id] = Consent(participant, state=answer)
-        else:
-            agent = room.participants.get(request.requested_by)
-            if agent is not None:
-                await self._ask(request, participant, agent)
+        elif participant.id != request.requested_by:
+            await self._ask(request, participant)  # the agent may be on the other shard
         self._announce(room)
 
     async def _still_valid(self, claims: ConsentClaims) -> bool:
@@ -478,7 +517,9 @@ class RecordingService:
                     details={"reason": "left"},
                 )
             await self._detach(request, consent, "participant left", participant.identity)
-        if participant.id == request.requested_by or not room.participants:
+        if participant.id == request.requested_by or (request.owner and not room.participants):
+            # The other shard of a spanning room keeps a request while its agent is here.
+            self._tell(room.id, stop_message(request, "system"))
             for other in request.consents.values():
                 await self._detach(request, other, "requester left", "system")
             del self.rooms[room.id]
@@ -490,6 +531,99 @@ class RecordingService:
         if request is not None and consent is not None and consent.state == "granted":
             self._attach(request, consent)
             self._announce(room)
+
+    # --- rooms that span workers ---------------------------------------------------------
+
+    def link_opened(self, room: Room, send: Callable[[dict[str, Any]], None]) -> None:
+        """``room`` now spans another worker: tell it about an active request."""
+        self._links[room.id] = send
+        request = self.rooms.get(room.id)
+        if request is not None:
+            send(start_message(request))
+
+    def link_message(self, room: Room, message: dict[str, Any]) -> None:
+        """A ``recording.*`` message from the other shard: checked now (bad input raises
+        ShardProtocolError and ends the link), applied in arrival order."""
+        op = message.get("op")
+        if op == "recording.start":
+            start = parse_start(message)
+            self._spawn(self._serial(self._remote_start(room, start)))
+        elif op == "recording.stop":
+            request_id, actor = parse_stop(message)
+            self._spawn(self._serial(self._remote_stop(room, request_id, actor)))
+        elif op == "recording.consents":
+            request_id, consents = parse_consents(message)
+            self._spawn(self._serial(self._remote_consents(room, request_id, consents)))
+        else:
+            raise ShardProtocolError(f"unknown op {str(op)[:40]!r}")
+
+    async def _serial(self, action: Any) -> None:
+        async with self._link_lock:
+            await action
+
+    async def _remote_start(self, room: Room, start: RemoteStart) -> None:
+        current = self.rooms.get(room.id)
+        if current is not None and current.id == start.request:
+            current.remote = start.consents
+            self._announce(room, tell_shard=False)
+            return
+        if current is not None:
+            if current.id < start.request:
+                return  # both agents started at once: the smaller id stands on both shards
+            await self._end(current, "superseded by the other shard's request", "system")
+        request = RoomRecording(
+            start.request,
+            room,
+            start.scope,
+            start.notice,
+            start.by,
+            requested_by_identity=start.by_identity,
+            owner=False,
+            remote=start.consents,
+        )
+        self.rooms[room.id] = request
+        for participant in list(room.participants.values()):
+            if participant.id != start.by and participant.id not in request.consents:
+                await self._ask(request, participant)  # (a join meanwhile asked already)
+        self._announce(room)
+
+    async def _remote_consents(
+        self, room: Room, request_id: str, consents: dict[str, RemoteConsent]
+    ) -> None:
+        request = self.rooms.get(room.id)
+        if request is not None and request.id == request_id:
+            request.remote = consents
+            self._announce(room, tell_shard=False)  # no echo
+
+    async def _remote_stop(self, room: Room, request_id: str, actor: str) -> None:
+        request = self.rooms.get(room.id)
+        if request is not None and request.id == request_id:
+            await self._end(request, "stopped by agent", actor)
+            self._announce(room)
+
+    async def _end(self, request: RoomRecording, reason: str, actor: str) -> None:
+        if self.rooms.get(request.room.id) is request:
+            del self.rooms[request.room.id]
+        for consent in request.consents.values():
+            await self._detach(request, consent, reason, actor)
+
+    def link_closed(self, room: Room) -> None:
+        """The other shard is gone: forget its answers; a request that came from it ends
+        (its agent is no longer reachable), so this shard's recorders stop."""
+        self._links.pop(room.id, None)
+        request = self.rooms.get(room.id)
+        if request is None:
+            return
+        request.remote.clear()
+        if request.owner:
+            self._announce(room)
+        else:
+            self.rooms.pop(room.id, None)
+            self._spawn(self._serial(self._closed_end(request)))
+
+    async def _closed_end(self, request: RoomRecording) -> None:
+        await self._end(request, "requester's worker gone", "system")
+        self._announce(request.room)
 
     # --- revocation, expiry, renewal -----------------------------------------------------
 

@@ -90,6 +90,9 @@ class ShardLink:
         self.closed = False
         self._empty_timer: asyncio.TimerHandle | None = None
         endpoint.on_layer = self._layer_known
+        # ``recording.*`` messages go to the recorder (:mod:`recorder.span_wire`); None:
+        # recording is disabled here, and they are ignored.
+        self.on_recording: Callable[[dict[str, Any]], None] | None = None
 
     # --- ShardHooks: what happened on this worker ---------------------------------------
 
@@ -193,6 +196,9 @@ class ShardLink:
             if not isinstance(on, bool):
                 raise ShardProtocolError("'on' must be a boolean")
             self._on_demand(_text(message, "track"), on)
+        elif isinstance(op, str) and op.startswith("recording."):
+            if self.on_recording is not None:
+                self.on_recording(message)
         else:
             raise ShardProtocolError(f"unknown op {str(op)[:40]!r}")
 

@@ -44,10 +44,6 @@ async def on_recording_start(
     service, room, participant = _context(session)
     scope = require(message, "scope", list, max_len=2)
     notice = require(message, "notice", str, max_len=4000)
-    if room.shard is not None:
-        # Consent requests and recorders would have to cross workers: refuse, never record
-        # half a room. (A room being recorded is never spilled to a second worker.)
-        raise ProtocolError("conflict", "recording a room that spans workers is not supported yet")
     await _run(service.start(room, participant, scope, notice))
     _ok(session, request_id)
 

@@ -97,6 +97,8 @@ class Spans:
     def _closed(self, link: ShardLink, channel: _Channel) -> None:
         if self.links.get(link.room.id) is link:
             del self.links[link.room.id]
+            if self.server.recordings is not None:
+                self.server.recordings.link_closed(link.room)
         channel.stop()
         self.server.rooms.release(link.room)
 
@@ -113,7 +115,16 @@ class Spans:
         channel.link = link
         room.shard = link
         self.links[room.id] = link
+        recordings = self.server.recordings
+        if recordings is not None:
+            link.on_recording = lambda message: recordings.link_message(room, message)
         return link
+
+    def _established(self, link: ShardLink) -> None:
+        """Both shards know each other: a recording request crosses now (consent.request
+        for the other shard's participants, one recording.state on both)."""
+        if self.server.recordings is not None and not link.closed:
+            self.server.recordings.link_opened(link.room, link.send)
 
     # --- the spill worker's end ---------------------------------------------------------
 
@@ -179,6 +190,7 @@ class Spans:
             await session.close()
             raise ShardProtocolError(str(exc)) from None
         log.info("shard_opened", room=room_id, home=False, pipe_port=port)
+        self._established(link)
         self._spawn(self._run(channel, link, session))
 
     async def _run(
@@ -206,12 +218,9 @@ class Spans:
             await ws.close(code=CLOSE_REFUSED, message=b"expected hello")
             return ws
         room = self.server.rooms.get_or_create(room_id)
-        recordings = self.server.recordings
         refusal = None
         if room.shard is not None:
             refusal = b"the room already spans another worker"
-        elif recordings is not None and room_id in recordings.rooms:
-            refusal = b"the room is being recorded: it stays on its home worker"
         elif self.server.draining or self.server.closing:
             refusal = b"draining"
         if refusal is not None:
@@ -232,6 +241,7 @@ class Spans:
             link.close("bad hello")
             return ws
         log.info("shard_opened", room=room_id, home=True, pipe_port=pipe_port)
+        self._established(link)
         await self._run(channel, link, None)
         return ws
 
