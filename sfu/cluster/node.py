@@ -187,7 +187,12 @@ class ClusterNode:
         else:
             self.redirects += 1
         return Placement(
-            room=room_id, node=claim.node, url=claim.url, epoch=claim.epoch, local=local
+            room=room_id,
+            node=claim.node,
+            url=claim.url,
+            epoch=claim.epoch,
+            local=local,
+            participants=claim.participants,
         )
 
     def _least_loaded(self, load: LocalLoad) -> NodeRecord | None:
