@@ -72,6 +72,10 @@ class NodeSpans(Spans):
         self.pipe_host = server.settings.pipe_host
         self.refused = 0  # link attempts refused (bad token, no claim, ...)
 
+    def _closed(self, link: ShardLink, channel: _Channel) -> None:
+        super()._closed(link, channel)
+        self.server.release_room(link.room)  # the home gives its claim up once both are empty
+
     # --- placement ----------------------------------------------------------------------
 
     def should_spill(self, placement: Placement) -> bool:
