@@ -187,14 +187,15 @@ class RoomRecord:
     spill_node: str | None = None  # the room spans nodes: its spill shard's node
 
     def describe(self) -> dict[str, Any]:
-        return {
+        row: dict[str, Any] = {
             "id": self.id,
             "node": self.node,
             "workers": self.workers,
             "participants": self.participants,
-            # Addition: every node hosting a shard of the room (home first).
-            "nodes": [self.node] + ([self.spill_node] if self.spill_node else []),
         }
+        if self.spill_node:  # addition: a room spanning nodes lists both (home first)
+            row["nodes"] = [self.node, self.spill_node]
+        return row
 
 
 class NodeIdInUse(ClusterUnavailable):
