@@ -216,7 +216,7 @@ class ClusterNode:
     def draining(self) -> None:
         """Give up every claim at once: participants told to move (``server.draining``)
         rejoin through any node, and the first one re-forms the room there. Stragglers
-        still here until they leave do not see the movers (no pipes between nodes)."""
+        still here until they leave do not see the movers (their room is not linked)."""
         self._draining = True
         for room_id in list(self._claims):
             self.released(room_id)

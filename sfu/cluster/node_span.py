@@ -30,7 +30,7 @@ import aiohttp
 import structlog
 from aiohttp import WSMsgType, web
 
-from sfu.cluster.link_auth import LinkAuthError, sign_link, verify_link
+from sfu.cluster.link_auth import LinkAuthError, LinkClaims, sign_link, verify_link
 from sfu.cluster.placement import ClusterUnavailable, Placement
 from sfu.pipe import PipeEndpoint
 from sfu.pipe_crypto import PipeCrypto, new_key
@@ -156,19 +156,19 @@ class NodeSpans(Spans):
 
     # --- the home node's end ------------------------------------------------------------
 
-    async def _authorize(self, request: web.Request) -> str:
-        """The spill node's id, from a valid link token; raises LinkAuthError."""
+    async def _authorize(self, request: web.Request) -> LinkClaims:
+        """The room and spill node a valid link token names; raises LinkAuthError."""
         header = request.headers.get("Authorization", "")
         token = header[7:] if header.startswith("Bearer ") else None
         try:
             secret = await self.cluster.state.link_secret()
         except ClusterUnavailable as exc:
             raise LinkAuthError(f"cluster state unavailable ({exc})") from None
-        return verify_link(secret, token, now=time.time()).node
+        return verify_link(secret, token, now=time.time())
 
     async def accept(self, request: web.Request) -> web.StreamResponse:
         try:
-            spill_node = await self._authorize(request)
+            claims = await self._authorize(request)
         except LinkAuthError as exc:
             self.refused += 1
             log.warning("node_link_refused", peer=request.remote, reason=str(exc))
@@ -182,8 +182,11 @@ class NodeSpans(Spans):
         except (TimeoutError, ValueError, KeyError, TypeError, ShardProtocolError):
             await ws.close(code=CLOSE_REFUSED, message=b"expected hello")
             return ws
+        spill_node = claims.node
         epoch = self.cluster.held().get(room_id)
         refusal = self._refusal(room_id, epoch)
+        if claims.room != room_id:
+            refusal = b"the link token is for another room"
         home_key, spill_key = new_key(), new_key()
         if refusal is None and epoch is not None:
             try:

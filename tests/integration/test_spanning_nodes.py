@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pylibsrtp
 import pytest
 import redis
@@ -261,7 +262,9 @@ def _policy(key: bytes) -> pylibsrtp.Policy:
     return policy
 
 
-async def test_an_unauthenticated_link_attempt_is_refused(nodes: list[ServerProcess]) -> None:
+async def test_an_unauthenticated_link_attempt_is_refused(
+    nodes: list[ServerProcess], redis_server: RedisServer
+) -> None:
     node_a, _ = nodes
     before = await asyncio.to_thread(_metric, node_a, "sfu_node_link_refused")
     assert await asyncio.to_thread(_link_status, node_a, None) == 401
@@ -270,3 +273,21 @@ async def test_an_unauthenticated_link_attempt_is_refused(nodes: list[ServerProc
     assert await asyncio.to_thread(_link_status, node_a, forged) == 401
     after = await asyncio.to_thread(_metric, node_a, "sfu_node_link_refused")
     assert after == before + 3
+    # A genuine token (the cluster's secret) for another room: upgraded, then refused.
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        raw = client.get("{sfu-cluster}:link-secret")
+        assert isinstance(raw, bytes)
+    finally:
+        client.close()
+    token = sign_link(bytes.fromhex(raw.decode()), room="r-1", node="b", now=time.time())
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            node_a.http + NODE_LINK_PATH, headers={"Authorization": f"Bearer {token}"}
+        ) as ws,
+    ):
+        hello = {"op": "hello", "room": "r-2", "pipe_host": "127.0.0.1", "pipe_port": 9}
+        await ws.send_str(json.dumps(hello | {"node": "b", "state": {}}))
+        message = await ws.receive(timeout=T)
+        assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 4409
