@@ -212,7 +212,8 @@ class PipeEndpoint(asyncio.DatagramProtocol):
 
     async def open(self) -> int:
         """Bind the socket (an ephemeral loopback port); returns the port."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET  # --pipe-host may be v6
+        sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.setblocking(False)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)

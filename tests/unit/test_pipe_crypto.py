@@ -201,3 +201,21 @@ async def test_a_wrong_key_authenticates_nothing() -> None:
     finally:
         a.close()
         b.close()
+
+
+async def test_an_ipv6_pipe_carries_srtp_too() -> None:
+    home_key, spill_key = new_key(), new_key()
+    a = PipeEndpoint("::1", PipeCrypto(home_key, spill_key))
+    b = PipeEndpoint("::1", PipeCrypto(spill_key, home_key))
+    try:
+        port_a, port_b = await a.open(), await b.open()
+        a.connect(port_b, "::1")
+        b.connect(port_a, "::1")
+        producer = source(Feedback())
+        _remote, transport, _ = subscribed(b)
+        a.start_sending(producer)
+        producer.on_rtp(rtp(1, 0, KEY), time.monotonic())
+        await until(lambda: transport.sent == [rtp(1, 0, KEY)])
+    finally:
+        a.close()
+        b.close()
