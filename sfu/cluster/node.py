@@ -160,14 +160,16 @@ class ClusterNode:
 
     # --- placement ----------------------------------------------------------------------
 
-    async def place(self, room_id: str) -> Placement:
+    async def place(self, room_id: str, *, here: bool = False) -> Placement:
+        """``here``: never offer the room to another node (it has participants here)."""
         if not self.available:
             raise ClusterUnavailable("cluster state unavailable")
         if self._draining:
             raise ClusterUnavailable("this node is draining")
         held = self._claims.get(room_id, 0)
         load = self._load()
-        target = self._least_loaded(load) if self.policy == "least-loaded" and not held else None
+        offer = self.policy == "least-loaded" and not held and not here
+        target = self._least_loaded(load) if offer else None
         claim = await self.state.claim(
             room_id,
             node=target.id if target is not None else self.node_id,

@@ -75,6 +75,31 @@ class NodeSpans(Spans):
     def _closed(self, link: ShardLink, channel: _Channel) -> None:
         super()._closed(link, channel)
         self.server.release_room(link.room)  # the home gives its claim up once both are empty
+        if not link.home and not link.room.empty and not self.server.closing:
+            self._spawn(self._take_over(link.room.id))
+
+    async def _take_over(self, room_id: str) -> None:
+        """The link to the home ended with participants still here (the home node died):
+        claim the room as soon as the old claim is free, so later joins land here instead of
+        re-forming the room elsewhere. Bounded: gives up when another node holds it."""
+        deadline = time.monotonic() + 2 * self.cluster.ttl_s + 1.0
+        first: str | None = None
+        while time.monotonic() < deadline:
+            room = self.server.rooms.get(room_id)
+            if room is None or room.empty or room.shard is not None:
+                return
+            try:
+                placement = await self.cluster.place(room_id, here=True)
+            except ClusterUnavailable:
+                placement = None
+            if placement is not None:
+                if placement.local:
+                    log.info("node_span_took_over", room=room_id, epoch=placement.epoch)
+                    return
+                first = first or placement.node
+                if placement.node != first:
+                    return  # another node re-formed the room meanwhile
+            await asyncio.sleep(self.cluster.interval_s)
 
     # --- placement ----------------------------------------------------------------------
 

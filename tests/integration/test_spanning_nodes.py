@@ -291,3 +291,49 @@ async def test_an_unauthenticated_link_attempt_is_refused(
         await ws.send_str(json.dumps(hello | {"node": "b", "state": {}}))
         message = await ws.receive(timeout=T)
         assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 4409
+
+
+async def test_the_spill_node_takes_the_room_when_the_home_node_dies(
+    nodes: list[ServerProcess], redis_server: RedisServer
+) -> None:
+    node_a, node_b = nodes
+    client = redis.Redis.from_url(redis_server.url)
+    room = f"nodespan-kill-{uuid.uuid4().hex[:8]}"
+    people: list[Participant] = []
+
+    async def join(node: ServerProcess, identity: str, tracks: Any = None) -> Participant:
+        participant = await Participant.join(
+            node.url, node.token(room, identity), publish_tracks=tracks or [], timeout=T
+        )
+        people.append(participant)
+        return participant
+
+    try:
+        host = await join(node_a, "host", [FrameCounterTrack()])
+        await join(node_a, "near-1")
+        await join(node_a, "near-2")
+        await _until(lambda: (_room(node_b, room) or {}).get("participants") == 3, "claim counts 3")
+        far = await join(node_b, "far-1", [FrameCounterTrack()])
+        (video,) = host.published
+        await _decodes(far, video, tone=None)
+        assert _node_of(far) == "node-b"
+
+        assert node_a.proc is not None
+        node_a.proc.kill()  # SIGKILL: no goodbye to Redis, the link just ends
+        node_a.proc.wait(timeout=5)
+        # B's client stays and sees the home's participants leave and tracks go ...
+        left = await far.next_event(
+            "participant.left", lambda m: m["participant"]["identity"] == "host", timeout=T
+        )
+        assert left["participant"]["id"] == host.id
+        # ... and once A's record expires B claims the room: a new join lands beside it.
+        claim_key = f"{{sfu-cluster}}:room:{room}"
+        await _until(lambda: client.hget(claim_key, "node") == b"node-b", "B holds the claim")
+        late = await join(node_b, "late")
+        assert {p["identity"] for p in late.joined["participants"]} == {"far-1"}
+        (far_video,) = far.published
+        await _decodes(late, far_video, tone=None)
+        assert _node_of(late) == "node-b"
+    finally:
+        await asyncio.gather(*(p.close() for p in people), return_exceptions=True)
+        client.close()
