@@ -31,6 +31,7 @@ from sfu.rtcp import Nack, Pli, SenderReport, build_nack, build_pli, build_sr, p
 
 if TYPE_CHECKING:
     from sfu.consumer import Consumer
+    from sfu.pipe_crypto import PipeCrypto
 
 __all__ = [
     "PIPE_SSRC",
@@ -179,11 +180,14 @@ class PipeEndpoint(asyncio.DatagramProtocol):
     """One UDP socket of a shard link: our producers out, the other shard's in.
 
     The socket is ``connect()``ed to the other shard's socket once its port is known, so
-    the kernel drops datagrams from anyone else and ``send`` needs no address.
+    the kernel drops datagrams from anyone else and ``send`` needs no address. With
+    ``crypto`` (a pipe between nodes) every datagram is SRTP: protected on the way out,
+    authenticated and decrypted before anything reads it on the way in.
     """
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", crypto: PipeCrypto | None = None) -> None:
         self.host = host
+        self.crypto = crypto
         self.port = 0
         self.peer: tuple[str, int] | None = None
         self.routes: dict[int, tuple[PipedProducer, Layer]] = {}  # by SSRC: what comes in
@@ -208,7 +212,8 @@ class PipeEndpoint(asyncio.DatagramProtocol):
 
     async def open(self) -> int:
         """Bind the socket (an ephemeral loopback port); returns the port."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET  # --pipe-host may be v6
+        sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.setblocking(False)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
@@ -221,10 +226,10 @@ class PipeEndpoint(asyncio.DatagramProtocol):
         self._task = loop.create_task(self._periodic())
         return self.port
 
-    def connect(self, port: int) -> None:
-        """The other shard's port: from now on we talk to it only."""
+    def connect(self, port: int, host: str | None = None) -> None:
+        """The other shard's port (and host, between nodes): from now on we talk to it only."""
         assert self._sock is not None
-        self.peer = (self.host, port)
+        self.peer = (host or self.host, port)
         self._sock.connect(self.peer)
 
     def close(self) -> None:
@@ -252,13 +257,28 @@ class PipeEndpoint(asyncio.DatagramProtocol):
         sink = self.sinks.get(producer.id)
         if sink is not None:
             return sink
-        sink = PipeSink(producer, self._sock.send, self._announce)
+        sink = PipeSink(producer, self._sender(), self._announce)
         self.sinks[producer.id] = sink
         for layer in producer.layers:
             if layer.ssrc is not None:
                 self._local_by_ssrc[layer.ssrc] = (producer, layer.index)
         producer.pipes.append(sink)
         return sink
+
+    def _sender(self) -> Callable[[bytes], Any]:
+        """Plain ``send`` on loopback; protect-then-send between nodes."""
+        assert self._sock is not None
+        send, crypto = self._sock.send, self.crypto
+        if crypto is None:
+            return send
+        protect = crypto.protect
+
+        def send_protected(packet: bytes) -> None:
+            protected = protect(packet)
+            if protected is not None:
+                send(protected)
+
+        return send_protected
 
     def _announce(self, producer: Producer, index: int) -> None:
         """A layer's first piped packet: its SSRC routes RTCP here, and the other side
@@ -283,6 +303,11 @@ class PipeEndpoint(asyncio.DatagramProtocol):
     def send_rtcp(self, packet: bytes) -> None:
         if self._sock is None or self.peer is None or self.closed:
             return
+        if self.crypto is not None:
+            protected = self.crypto.protect_rtcp(packet)
+            if protected is None:
+                return
+            packet = protected
         with contextlib.suppress(OSError):  # buffer full: the next request/report follows
             self._sock.send(packet)
 
@@ -313,7 +338,13 @@ class PipeEndpoint(asyncio.DatagramProtocol):
         if len(data) < 12 or data[0] & 0xC0 != 0x80:
             self.dropped_unknown += 1
             return
+        crypto = self.crypto
         if 192 <= data[1] <= 223:
+            if crypto is not None:
+                plain = crypto.unprotect_rtcp(data)
+                if plain is None:
+                    return
+                data = plain
             self.rtcp_in += 1
             self._on_rtcp(data)
             return
@@ -321,6 +352,11 @@ class PipeEndpoint(asyncio.DatagramProtocol):
         if route is None:
             self.dropped_unknown += 1
             return
+        if crypto is not None:
+            plain = crypto.unprotect(data)
+            if plain is None:
+                return
+            data = plain
         self.rtp_in += 1
         route[0].on_rtp(data, time.monotonic(), route[1])
 

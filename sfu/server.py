@@ -10,7 +10,7 @@ import hashlib
 import math
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -25,6 +25,9 @@ from sfu.settings import IceServer, Settings
 from sfu.stats import ServerStats
 from sfu.turn import IceServerSet
 from sfu.webhooks import Webhooks
+
+if TYPE_CHECKING:
+    from sfu.cluster.node_span import NodeSpans
 
 __all__ = ["Server"]
 
@@ -56,6 +59,7 @@ class Server:
         # Which node hosts a room: this one (no Redis) or the cluster's claim (sfu.cluster).
         self.placement: RoomPlacement = placement or LocalPlacement(self.node_id)
         self.cluster: ClusterNode | None = None  # with --redis (set by server_main)
+        self.node_spans: NodeSpans | None = None  # rooms spanning nodes (server_main)
         self.peer_urls: tuple[str, ...] = ()  # a worker's cluster nodes, told by its supervisor
         self.stats = ServerStats()
         self.ice = IceServerSet.from_settings(settings)
@@ -127,6 +131,9 @@ class Server:
         room = self.rooms.get(room_id)
         if room is None:
             return
+        link = self.node_spans.links.get(room_id) if self.node_spans is not None else None
+        if link is not None:
+            link.close("the room's claim was lost")
         message = {
             "type": "error",
             "code": "conflict",

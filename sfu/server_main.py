@@ -110,6 +110,10 @@ async def _serve(settings: Settings, *, worker: WorkerSpec | None = None) -> int
     # A worker never joins the cluster itself: its supervisor owns the one ClusterNode.
     cluster = _cluster(state, settings, server) if worker is None else None
     app = create_app(server)
+    if cluster is not None and settings.room_span_subscribers > 0:
+        from sfu.cluster.node_span import node_span_routes
+
+        node_span_routes(app, server, cluster)
     if worker is not None:
         from sfu.workers.worker import worker_routes
 

@@ -130,6 +130,13 @@ class IceServer(TypedDict):
 # prefix); each ``_parse_*`` turns a flag/variable string into that typed value.
 
 
+def _check_ip(value: object) -> None:
+    try:
+        ipaddress.ip_address(str(value))
+    except ValueError:
+        raise SettingsError(f"not an IP address: {value!r}") from None
+
+
 def _check_host(value: object) -> None:
     if not isinstance(value, str) or not value:
         raise SettingsError("must be a non-empty host name or IP address")
@@ -549,9 +556,7 @@ _check_cluster_ttl = _check_seconds(minimum=1.0, maximum=300.0, inclusive_min=Tr
 _check_drain_deadline = _check_seconds(
     minimum=0.0, maximum=_MAX_DRAIN_DEADLINE_S, inclusive_min=True
 )
-_check_resume_window = _check_seconds(
-    minimum=0.0, maximum=_MAX_RESUME_WINDOW_S, inclusive_min=True
-)
+_check_resume_window = _check_seconds(minimum=0.0, maximum=_MAX_RESUME_WINDOW_S, inclusive_min=True)
 
 OPTIONS: tuple[Option, ...] = (
     Option("host", "SFU_HOST", "--host", "ADDR",
@@ -660,8 +665,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("room_span_subscribers", "SFU_ROOM_SPAN_SUBSCRIBERS", "--room-span-subscribers", "N",
            "with --workers > 1: once a room's home worker holds more than N of its "
            "participants, new joins go to another worker, which receives the room's tracks "
-           "over a loopback pipe (default 0: a room never spans workers)",
+           "over a loopback pipe; with --redis (one worker per node): a join reaching a node "
+           "that does not host the room is served there, over an SRTP pipe, once the home "
+           "node holds more than N (default 0: a room never spans)",
            _parse_int, _check_span_subscribers),
+    Option("pipe_host", "SFU_PIPE_HOST", "--pipe-host", "IP",
+           "with --redis and --room-span-subscribers: the address this node's SRTP pipes to "
+           "other nodes bind and announce (default 127.0.0.1)", _parse_str, _check_ip),
     Option("room_span_cpu", "SFU_ROOM_SPAN_CPU", "--room-span-cpu", "PERCENT",
            "with --workers > 1: a room whose home worker uses more than PERCENT of a core "
            "spills new joins to another worker too (default 0: no CPU limit)",
@@ -728,6 +738,7 @@ class Settings:
     ice_port_range: tuple[int, int] | None = None
     room_span_subscribers: int = 0
     room_span_cpu: float = 0.0
+    pipe_host: str = "127.0.0.1"
     resume_window_s: float = 30.0
     max_message_bytes: int = 65536
     subscriber_queue_bytes: int = 256 * 1024
@@ -839,6 +850,7 @@ class Settings:
             "ice_port_range": list(self.ice_port_range) if self.ice_port_range else None,
             "room_span_subscribers": self.room_span_subscribers,
             "room_span_cpu": self.room_span_cpu,
+            "pipe_host": self.pipe_host,
             "resume_window_s": self.resume_window_s,
             "max_message_bytes": self.max_message_bytes,
             "subscriber_queue_bytes": self.subscriber_queue_bytes,

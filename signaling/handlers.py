@@ -6,14 +6,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp
 
-from sfu.cluster.placement import ClusterUnavailable
+from sfu.cluster.placement import ClusterUnavailable, Placement
 from sfu.ids import new_id
 from sfu.layer_choice import QUALITIES, Preference
 from sfu.participant import Participant
 from sfu.sdp_guard import SdpError
+from sfu.shard import ShardProtocolError
 from sfu.tokens import TokenError
 from signaling.access import verify_access_token
 from signaling.consent_handlers import CONSENT_HANDLERS
@@ -23,9 +25,12 @@ from signaling.resume import MAX_SECRET_CHARS, claim
 if TYPE_CHECKING:
     from sfu.producer import Producer
     from sfu.room import Room
+    from sfu.server import Server
     from signaling.session import SignalSession
 
 __all__ = ["HANDLERS", "dispatch"]
+
+log = structlog.get_logger(__name__)
 
 Handler = Callable[["SignalSession", dict[str, Any], "str | None"], Awaitable[None]]
 MAX_TRACKS_PER_REQUEST = 64
@@ -119,7 +124,7 @@ async def on_join(session: SignalSession, message: dict[str, Any], request_id: s
         placement = await server.placement.place(claims.room)
     except ClusterUnavailable:
         raise ProtocolError("internal", "cluster state unavailable") from None
-    if not placement.local:
+    if not placement.local and not await _spilled_here(server, placement):
         # The room lives on another node: the client sends the same `join` there.
         session.reply(request_id, {"type": "redirect", "url": placement.url})
         session.close_after_flush(1000)
@@ -143,6 +148,20 @@ async def on_join(session: SignalSession, message: dict[str, Any], request_id: s
     room.join(participant)
     if server.recordings is not None:
         await server.recordings.participant_joined(room, participant)
+
+
+async def _spilled_here(server: Server, placement: Placement) -> bool:
+    """A room held by another node that is full enough: serve this join as its spill
+    shard here (rooms spanning nodes); False (redirect) if not, or if the link fails."""
+    spans = server.node_spans
+    if spans is None or not spans.should_spill(placement):
+        return False
+    try:
+        await spans.open_node_spill(placement)
+    except ShardProtocolError as exc:
+        log.warning("node_span_failed", room=placement.room, home=placement.node, error=str(exc))
+        return False
+    return True
 
 
 def _joined_message(

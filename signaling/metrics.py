@@ -291,6 +291,13 @@ def _pipe_metrics(server: Server, w: str) -> Iterator[Metric]:
                  sum(link.endpoint.keyframe_requests_in for link in links))  # fmt: skip
     yield _gauge("sfu_pipe_tracks", "Tracks piped to another worker now (it has subscribers).",
                  w, sum(len(link.endpoint.sinks) for link in links))  # fmt: skip
+    crypto = [link.endpoint.crypto for link in links if link.endpoint.crypto is not None]
+    yield _gauge("sfu_pipe_srtp_auth_failures",
+                 "Datagrams on open pipes to other nodes that failed SRTP authentication.",
+                 w, sum(c.auth_failures for c in crypto))  # fmt: skip
+    if server.node_spans is not None:
+        yield _gauge("sfu_node_link_refused", "Shard links from other nodes refused so far.",
+                     w, server.node_spans.refused)  # fmt: skip
 
 
 def _cluster(server: Server) -> Iterator[Metric]:

@@ -1,6 +1,10 @@
-"""What a pipe between two workers adds: CPU per piped packet and latency.
+"""What a pipe between two workers (or two nodes) adds: CPU per piped packet and latency.
 
-``python -m bench.micro.pipe [--rate PPS] [--seconds S]``
+``python -m bench.micro.pipe [--rate PPS] [--seconds S] [--srtp | --compare]``
+
+``--srtp`` measures the pipe between nodes: every piped packet protected with SRTP
+AEAD_AES_256_GCM on the home side and authenticated/decrypted on the spill side
+(:class:`~sfu.pipe_crypto.PipeCrypto`); ``--compare`` runs the plain pipe, then the SRTP one.
 
 Two processes, as two workers are, each on its own uvloop:
 
@@ -35,6 +39,7 @@ from sfu.codec import Codec
 from sfu.consumer import Consumer, ConsumerState
 from sfu.layers import Layer
 from sfu.pipe import PipeEndpoint
+from sfu.pipe_crypto import PipeCrypto, new_key
 from sfu.producer import Producer
 
 __all__ = ["main", "run"]
@@ -93,7 +98,8 @@ def _spill(conn: Connection) -> None:
 
 
 async def _spill_main(conn: Connection) -> None:
-    endpoint = PipeEndpoint()
+    keys = conn.recv()  # (home key, spill key) for an SRTP pipe, or None
+    endpoint = PipeEndpoint(crypto=None if keys is None else PipeCrypto(keys[1], keys[0]))
     conn.send(await endpoint.open())
     endpoint.connect(conn.recv())
     producer = endpoint.make_piped(
@@ -146,12 +152,14 @@ async def _ask(conn: Connection, command: str) -> None:
     assert await asyncio.to_thread(conn.recv) == "ok"
 
 
-async def _home_main(rate: int, seconds: float) -> dict[str, Any]:
+async def _home_main(rate: int, seconds: float, srtp: bool) -> dict[str, Any]:
     parent, child = multiprocessing.get_context("spawn").Pipe()
     process = multiprocessing.get_context("spawn").Process(target=_spill, args=(child,))
     process.start()
     try:
-        endpoint = PipeEndpoint()
+        keys = (new_key(), new_key()) if srtp else None
+        parent.send(keys)
+        endpoint = PipeEndpoint(crypto=None if keys is None else PipeCrypto(keys[0], keys[1]))
         port = await endpoint.open()
         endpoint.connect(await asyncio.to_thread(parent.recv))
         parent.send(port)
@@ -193,6 +201,7 @@ async def _home_main(rate: int, seconds: float) -> dict[str, Any]:
     spill_us = ((marks["on_end"] - marks["on"]) - (marks["off_end"] - marks["off"])) / piped * 1e6
     latencies = sorted(spill["latencies_us"])
     return {
+        "pipe": "srtp" if srtp else "plain",
         "rate_pps": rate,
         "seconds": seconds,
         "piped_packets": piped,
@@ -216,27 +225,51 @@ def _quantile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def run(rate: int = 2000, seconds: float = 5.0) -> dict[str, Any]:
+def srtp_alone(packets: int = 20_000) -> tuple[float, float]:
+    """µs of CPU per 1200-byte packet for PipeCrypto's protect and unprotect alone."""
+    home_key, spill_key = new_key(), new_key()
+    home, spill = PipeCrypto(home_key, spill_key), PipeCrypto(spill_key, home_key)
+    plain = [_packet(seq, keyframe=False) for seq in range(packets)]
+    start = time.process_time()
+    wire = [home.protect(p) for p in plain]
+    middle = time.process_time()
+    opened = [spill.unprotect(w) for w in wire if w is not None]
+    end = time.process_time()
+    assert opened == plain
+    return (middle - start) / packets * 1e6, (end - middle) / packets * 1e6
+
+
+def run(rate: int = 2000, seconds: float = 5.0, srtp: bool = False) -> dict[str, Any]:
     _use_uvloop()
-    return asyncio.run(_home_main(rate, seconds))
+    return asyncio.run(_home_main(rate, seconds, srtp))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.micro.pipe", description=__doc__)
     parser.add_argument("--rate", type=int, default=2000, help="packets/s (default 2000)")
     parser.add_argument("--seconds", type=float, default=5.0, help="each window (default 5)")
+    parser.add_argument("--srtp", action="store_true", help="SRTP (AES-256-GCM): between nodes")
+    parser.add_argument("--compare", action="store_true", help="plain, then SRTP")
     args = parser.parse_args(argv)
-    result = run(args.rate, args.seconds)
+    for srtp in (False, True) if args.compare else (args.srtp,):
+        _print(run(args.rate, args.seconds, srtp))
+    if args.srtp or args.compare:
+        protect_us, unprotect_us = srtp_alone()
+        print(f"libsrtp alone (AEAD_AES_256_GCM, {PACKET_BYTES} B): protect "
+              f"{protect_us:.2f} µs, unprotect {unprotect_us:.2f} µs")  # fmt: skip
+    return 0
+
+
+def _print(result: dict[str, Any]) -> None:
     r, lat = result, result["latency_us"]
     load = r["load_average"][0]
-    print(f"pipe, {r['rate_pps']} packets/s, {r['piped_packets']} piped, "
+    print(f"{r['pipe']} pipe, {r['rate_pps']} packets/s, {r['piped_packets']} piped, "
           f"{r['received']} received (load average {load:.2f})")  # fmt: skip
     print(f"CPU per piped packet: home {r['home_cpu_us_per_piped_packet']} µs + spill "
           f"{r['spill_cpu_us_per_piped_packet']} µs = "
           f"{r['total_cpu_us_per_piped_packet']} µs")  # fmt: skip
     print(f"latency home on_rtp → spill consumer: p50 {lat['p50']} µs, p90 {lat['p90']} µs, "
           f"p99 {lat['p99']} µs, max {lat['max']} µs")  # fmt: skip
-    return 0
 
 
 if __name__ == "__main__":

@@ -160,14 +160,16 @@ class ClusterNode:
 
     # --- placement ----------------------------------------------------------------------
 
-    async def place(self, room_id: str) -> Placement:
+    async def place(self, room_id: str, *, here: bool = False) -> Placement:
+        """``here``: never offer the room to another node (it has participants here)."""
         if not self.available:
             raise ClusterUnavailable("cluster state unavailable")
         if self._draining:
             raise ClusterUnavailable("this node is draining")
         held = self._claims.get(room_id, 0)
         load = self._load()
-        target = self._least_loaded(load) if self.policy == "least-loaded" and not held else None
+        offer = self.policy == "least-loaded" and not held and not here
+        target = self._least_loaded(load) if offer else None
         claim = await self.state.claim(
             room_id,
             node=target.id if target is not None else self.node_id,
@@ -187,7 +189,12 @@ class ClusterNode:
         else:
             self.redirects += 1
         return Placement(
-            room=room_id, node=claim.node, url=claim.url, epoch=claim.epoch, local=local
+            room=room_id,
+            node=claim.node,
+            url=claim.url,
+            epoch=claim.epoch,
+            local=local,
+            participants=claim.participants,
         )
 
     def _least_loaded(self, load: LocalLoad) -> NodeRecord | None:
@@ -211,7 +218,7 @@ class ClusterNode:
     def draining(self) -> None:
         """Give up every claim at once: participants told to move (``server.draining``)
         rejoin through any node, and the first one re-forms the room there. Stragglers
-        still here until they leave do not see the movers (no pipes between nodes)."""
+        still here until they leave do not see the movers (their room is not linked)."""
         self._draining = True
         for room_id in list(self._claims):
             self.released(room_id)

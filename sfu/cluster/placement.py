@@ -21,6 +21,7 @@ class Placement:
     url: str
     epoch: int
     local: bool
+    participants: int = 0  # the holder's participants, as its last heartbeat wrote them
 
 
 class RoomPlacement(Protocol):

@@ -6,6 +6,12 @@ Keys (one hash tag, so a Redis Cluster keeps them in one slot for the scripts):
   expires ``ttl`` after the node's last heartbeat.
 * ``{sfu-cluster}:room:<id>``  hash ``room``, ``node``, ``url``, ``epoch``, ``participants``,
   ``workers`` (JSON); the claim, expiring ``ttl`` after its host's last heartbeat.
+* ``{sfu-cluster}:span:<id>``  hash ``epoch``, ``home``, ``spill``, ``home_key``,
+  ``spill_key`` (hex): the SRTP keys of a room spanning two nodes (home → spill and
+  spill → home), written by the home only while it holds the claim at that epoch, with
+  the claim's TTL (refreshed while the link lasts); a new epoch means new keys.
+* ``{sfu-cluster}:link-secret``  random bytes (hex) every node signs its shard-link
+  tokens with (:mod:`sfu.cluster.link_auth`); created by the first node that needs it.
 * ``{sfu-cluster}:epoch``      counter: every claim takes a new epoch from ``INCR``.
 * ``{sfu-cluster}:nodes`` / ``:rooms``  sets of ids, for listing (pruned lazily, re-added by
   each heartbeat).
@@ -21,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,7 +37,7 @@ from redis.exceptions import RedisError
 
 from sfu.cluster.placement import ClusterUnavailable
 
-__all__ = ["ClusterState", "HeldRoom", "NodeRecord", "RoomClaim", "RoomRecord"]
+__all__ = ["ClusterState", "HeldRoom", "NodeRecord", "RoomClaim", "RoomRecord", "SpanKeys"]
 
 PREFIX = "{sfu-cluster}:"
 _T = TypeVar("_T")
@@ -42,7 +49,8 @@ _T = TypeVar("_T")
 _CLAIM = """
 local cur = redis.call('HGET', KEYS[1], 'node')
 if cur and (cur ~= ARGV[1] or ARGV[9] == '1') and redis.call('EXISTS', ARGV[8] .. cur) == 1 then
-  return {cur, redis.call('HGET', KEYS[1], 'url'), tonumber(redis.call('HGET', KEYS[1], 'epoch'))}
+  return {cur, redis.call('HGET', KEYS[1], 'url'), tonumber(redis.call('HGET', KEYS[1], 'epoch')),
+          tonumber(redis.call('HGET', KEYS[1], 'participants') or '0')}
 end
 if cur and tonumber(redis.call('HGET', KEYS[1], 'epoch')) == tonumber(ARGV[4]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -112,13 +120,40 @@ return 1
 """
 
 
+# KEYS: span key, room key. ARGV: home node, epoch, spill node, home key, spill key, ttl_ms.
+# Writes the span's keys only while the home node holds the room's claim at that epoch.
+_WRITE_SPAN = """
+if redis.call('HGET', KEYS[2], 'node') ~= ARGV[1]
+   or tonumber(redis.call('HGET', KEYS[2], 'epoch')) ~= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'home', ARGV[1], 'epoch', ARGV[2], 'spill', ARGV[3],
+           'home_key', ARGV[4], 'spill_key', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return 1
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class RoomClaim:
-    """Who holds a room after a claim attempt."""
+    """Who holds a room after a claim attempt (``participants``: as its holder last wrote)."""
 
     node: str
     url: str
     epoch: int
+    participants: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SpanKeys:
+    """The SRTP keys of a room spanning two nodes, bound to the claim's epoch."""
+
+    home: str
+    spill: str
+    epoch: int
+    home_key: bytes  # protects home → spill
+    spill_key: bytes  # protects spill → home
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,14 +184,18 @@ class RoomRecord:
     workers: list[str]
     participants: int
     epoch: int
+    spill_node: str | None = None  # the room spans nodes: its spill shard's node
 
     def describe(self) -> dict[str, Any]:
-        return {
+        row: dict[str, Any] = {
             "id": self.id,
             "node": self.node,
             "workers": self.workers,
             "participants": self.participants,
         }
+        if self.spill_node:  # addition: a room spanning nodes lists both (home first)
+            row["nodes"] = [self.node, self.spill_node]
+        return row
 
 
 class NodeIdInUse(ClusterUnavailable):
@@ -173,6 +212,7 @@ class ClusterState:
         self._refresh = client.register_script(_REFRESH)
         self._release = client.register_script(_RELEASE)
         self._heartbeat = client.register_script(_HEARTBEAT)
+        self._write_span = client.register_script(_WRITE_SPAN)
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 1.0) -> ClusterState:
@@ -257,8 +297,11 @@ class ClusterState:
                       json.dumps(list(workers)), f"{PREFIX}node:", "1" if offer else "0"],
             )
         )  # fmt: skip
-        holder, holder_url, epoch = result
-        return RoomClaim(node=_text(holder), url=_text(holder_url), epoch=int(epoch))
+        holder, holder_url, epoch = result[:3]
+        participants = int(result[3]) if len(result) > 3 else 0
+        return RoomClaim(
+            node=_text(holder), url=_text(holder_url), epoch=int(epoch), participants=participants
+        )
 
     async def refresh(
         self, held: Sequence[HeldRoom], *, node: str, url: str, ttl_s: float
@@ -288,12 +331,14 @@ class ClusterState:
         """Every claimed room of the cluster."""
         ids = sorted(_text(i) for i in await self._call(self.client.smembers(f"{PREFIX}rooms")))
         rows = await self._hashes([f"{PREFIX}room:{i}" for i in ids])
+        spans = await self._hashes([f"{PREFIX}span:{i}" for i in ids])
         result: list[RoomRecord] = []
         gone: list[str] = []
-        for room_id, row in zip(ids, rows, strict=True):
+        for room_id, row, span in zip(ids, rows, spans, strict=True):
             if not row:
                 gone.append(room_id)
                 continue
+            spanning = span.get("home") == row.get("node") and span.get("epoch") == row.get("epoch")
             workers = json.loads(row.get("workers") or "[]")
             result.append(
                 RoomRecord(
@@ -302,11 +347,52 @@ class ClusterState:
                     workers=[str(w) for w in workers] if isinstance(workers, list) else [],
                     participants=_int(row.get("participants")),
                     epoch=_int(row.get("epoch")),
+                    spill_node=span.get("spill") if spanning else None,
                 )
             )
         if gone:
             await self._call(self.client.srem(f"{PREFIX}rooms", *gone))
         return result
+
+    # --- rooms spanning nodes -----------------------------------------------------------
+
+    async def write_span(
+        self, room: str, *, home: str, epoch: int, spill: str, home_key: bytes,
+        spill_key: bytes, ttl_s: float,
+    ) -> bool:  # fmt: skip
+        """Store a span's keys; False unless ``home`` still holds ``room`` at ``epoch``."""
+        written = await self._call(
+            self._write_span(
+                keys=[f"{PREFIX}span:{room}", f"{PREFIX}room:{room}"],
+                args=[home, epoch, spill, home_key.hex(), spill_key.hex(), _ms(ttl_s)],
+            )
+        )
+        return int(written) == 1
+
+    async def touch_span(self, room: str, *, epoch: int, ttl_s: float) -> None:
+        """Keep a live span's keys as long as its claim (the home, every heartbeat)."""
+        row = (await self._hashes([f"{PREFIX}span:{room}"]))[0]
+        if _int(row.get("epoch")) == epoch:
+            await self._call(self.client.pexpire(f"{PREFIX}span:{room}", _ms(ttl_s)))
+
+    async def read_span(self, room: str) -> SpanKeys | None:
+        row = (await self._hashes([f"{PREFIX}span:{room}"]))[0]
+        try:
+            return SpanKeys(
+                home=row["home"],
+                spill=row["spill"],
+                epoch=int(row["epoch"]),
+                home_key=bytes.fromhex(row["home_key"]),
+                spill_key=bytes.fromhex(row["spill_key"]),
+            )
+        except (KeyError, ValueError):
+            return None
+
+    async def link_secret(self) -> bytes:
+        """The cluster's shard-link signing secret (created once, by whoever asks first)."""
+        key = f"{PREFIX}link-secret"
+        await self._call(self.client.set(key, secrets.token_hex(32), nx=True))
+        return bytes.fromhex(_text(await self._call(self.client.get(key))))
 
     async def _hashes(self, keys: Sequence[str]) -> list[dict[str, str]]:
         if not keys:

@@ -292,3 +292,53 @@ async def test_least_loaded_placement_sends_a_new_room_to_the_idle_node(
         assert again.local and again.epoch == placed[3].epoch
     finally:
         await node.stop()
+
+
+async def test_span_keys_are_written_only_by_the_holder_at_its_epoch(state: ClusterState) -> None:
+    await _alive(state, "a")
+    await _alive(state, "b")
+    claim = await state.claim("rs", node="a", url="ws://a/v1/signal", ttl_s=TTL, held_epoch=0)
+    home_key, spill_key = b"h" * 44, b"s" * 44
+
+    async def write(home: str, epoch: int) -> bool:
+        return await state.write_span(
+            "rs", home=home, epoch=epoch, spill="b", home_key=home_key, spill_key=spill_key,
+            ttl_s=TTL,
+        )  # fmt: skip
+
+    assert not await write("b", claim.epoch)  # not the holder
+    assert not await write("a", claim.epoch + 1)  # not the epoch it holds
+    assert await state.read_span("rs") is None
+    assert await write("a", claim.epoch)
+    keys = await state.read_span("rs")
+    assert keys is not None
+    assert (keys.home, keys.spill, keys.epoch) == ("a", "b", claim.epoch)
+    assert (keys.home_key, keys.spill_key) == (home_key, spill_key)
+    assert 0 < await state.client.pttl(f"{PREFIX}span:rs") <= TTL * 1000
+    # The room's listing names both nodes while the span's epoch is the claim's.
+    [record] = await state.rooms()
+    assert record.describe()["nodes"] == ["a", "b"]
+    # The claim re-taken at a new epoch: the old keys no longer describe the room.
+    assert await state.release("rs", node="a", epoch=claim.epoch)
+    again = await state.claim("rs", node="a", url="ws://a/v1/signal", ttl_s=TTL, held_epoch=0)
+    assert again.epoch > claim.epoch
+    [record] = await state.rooms()
+    assert "nodes" not in record.describe()
+
+
+async def test_the_claim_answer_carries_the_holder_participants(state: ClusterState) -> None:
+    await _alive(state, "a")
+    await state.claim("rp", node="a", url="ws://a", ttl_s=TTL, held_epoch=0, participants=4)
+    seen = await state.claim("rp", node="b", url="ws://b", ttl_s=TTL, held_epoch=0)
+    assert (seen.node, seen.participants) == ("a", 4)
+
+
+async def test_the_link_secret_is_created_once_and_shared(
+    state: ClusterState, redis_server: RedisServer
+) -> None:
+    other = ClusterState.from_url(redis_server.url)
+    try:
+        first = await state.link_secret()
+        assert len(first) == 32 and await other.link_secret() == first
+    finally:
+        await other.close()

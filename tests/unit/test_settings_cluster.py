@@ -60,3 +60,11 @@ def test_flags_and_variables() -> None:
 def test_bad_values_name_the_flag(argv: list[str], env: dict[str, str], names: str) -> None:
     with pytest.raises(SettingsError, match=names):
         build(*argv, **env)
+
+
+def test_pipe_host_is_an_ip_address() -> None:
+    assert Settings().pipe_host == "127.0.0.1"
+    assert build("--redis", REDIS, "--pipe-host", "10.0.0.12").pipe_host == "10.0.0.12"
+    assert build(SFU_PIPE_HOST="fd00::2").pipe_host == "fd00::2"
+    with pytest.raises(SettingsError, match=r"--pipe-host.*not an IP address"):
+        build("--pipe-host", "sfu-2.internal")
