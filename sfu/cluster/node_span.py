@@ -177,6 +177,7 @@ class NodeSpans(Spans):
             await session.close()
             raise ShardProtocolError(str(exc)) from None
         log.info("node_shard_opened", room=room_id, home=False, epoch=epoch, pipe_port=port)
+        self._established(link)
         self._spawn(self._run(channel, link, session))
 
     # --- the home node's end ------------------------------------------------------------
@@ -255,6 +256,7 @@ class NodeSpans(Spans):
             link.close("bad hello")
             return ws
         log.info("node_shard_opened", room=room_id, home=True, epoch=epoch, spill=spill_node)
+        self._established(link)
         keeper = asyncio.get_running_loop().create_task(self._keep_keys(room_id, epoch, link))
         try:
             await self._run(channel, link, None)
@@ -264,13 +266,10 @@ class NodeSpans(Spans):
 
     def _refusal(self, room_id: str, epoch: int | None) -> bytes | None:
         room = self.server.rooms.get(room_id)
-        recordings = self.server.recordings
         if epoch is None:
             return b"this node does not hold the room"
         if room is not None and room.shard is not None:
             return b"the room already spans another node"
-        if recordings is not None and room_id in recordings.rooms:
-            return b"the room is being recorded: it stays on its home node"
         if self.server.draining or self.server.closing:
             return b"draining"
         return None

@@ -337,3 +337,76 @@ async def test_the_spill_node_takes_the_room_when_the_home_node_dies(
     finally:
         await asyncio.gather(*(p.close() for p in people), return_exceptions=True)
         client.close()
+
+
+async def test_recording_reaches_participants_on_the_spill_node(
+    nodes: list[ServerProcess],
+) -> None:
+    """An agent on the home node asks to record; the customer spilled to node B is asked the
+    same question on B, is recorded there (its own producer, not a piped copy) once it
+    agrees, both nodes show one recording state, and the agent's stop ends both recorders."""
+    node_a, node_b = nodes
+    room = f"nodespan-rec-{uuid.uuid4().hex[:8]}"
+    people: list[Participant] = []
+    grants = ("publish", "subscribe", "record")
+
+    async def join(node: ServerProcess, identity: str, *, agent: bool = False) -> Participant:
+        token = (
+            node.token(room, identity, role="agent", grants=grants)
+            if agent
+            else node.token(room, identity)
+        )
+        participant = await Participant.join(
+            node.url, token, publish_tracks=[FrameCounterTrack(), ToneTrack()], timeout=T
+        )
+        people.append(participant)
+        return participant
+
+    def recorded(event: dict[str, Any], *who: Participant) -> bool:
+        ids = {p["id"] for p in event["participants"]}
+        return all(p.id in ids for p in who)
+
+    try:
+        agent = await join(node_a, "agent", agent=True)
+        near = await join(node_a, "near")
+        await join(node_a, "near-2")
+        await _until(lambda: (_room(node_b, room) or {}).get("participants") == 3, "claim counts 3")
+        customer = await join(node_b, "customer")
+        assert [_node_of(p) for p in (agent, near, customer)] == ["node-a", "node-a", "node-b"]
+
+        await agent.signal.request(
+            {"type": "recording.start", "scope": ["audio", "video"], "notice": "Recorded."}, T
+        )
+        for person in (near, customer):
+            asked = await person.next_event("consent.request", timeout=T)
+            await person.signal.request(
+                {"type": "consent.grant", "request": asked["request"], "scope": ["audio"]}, T
+            )
+        states = [
+            await p.next_event("recording.state", lambda e: recorded(e, near, customer), T)
+            for p in (agent, customer)
+        ]
+        assert {k: states[0][k] for k in ("active", "participants")} == {
+            k: states[1][k] for k in ("active", "participants")
+        }
+        await asyncio.sleep(2.0)
+        for person in (agent, customer):
+            person.signal.discard("recording.state")
+        await agent.signal.request({"type": "recording.stop"}, T)
+        for person in (agent, customer):
+            await person.next_event("recording.state", lambda e: e["active"] is False, timeout=T)
+
+        def sealed(node: ServerProcess) -> list[dict[str, Any]] | None:
+            status, body = admin_get(node, f"/v1/recordings?room={room}")
+            assert status == 200, body
+            found: list[dict[str, Any]] = body["recordings"]
+            return found if found and all(r["state"] != "recording" for r in found) else None
+
+        on_a, on_b = (
+            await _until(lambda: sealed(node_a), "A sealed"),
+            await _until(lambda: sealed(node_b), "B sealed"),
+        )
+        assert [r["subject"] for r in on_a] == ["near"]
+        assert [r["subject"] for r in on_b] == ["customer"]
+    finally:
+        await asyncio.gather(*(p.close() for p in people), return_exceptions=True)
