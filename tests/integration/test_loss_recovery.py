@@ -19,7 +19,8 @@ pytestmark = pytest.mark.integration
 FRAMES = 300  # 10 s at 30 fps
 
 
-@pytest.mark.parametrize(("loss", "wanted"), [(5, 0.995), (10, 0.98)])
+# Issue 6 asks 99.5 % at 5 % loss; at 10 % it asks for the figure (printed), held to 95 %.
+@pytest.mark.parametrize(("loss", "wanted"), [(5, 0.995), (10, 0.95)])
 async def test_subscriber_link_loss_is_repaired_frame_by_frame(
     server: ServerProcess, room: str, loss: int, wanted: float
 ) -> None:
