@@ -1,0 +1,333 @@
+"""``python -m bench capacity``: how many packets/s one node forwards before it saturates.
+
+The usual scenarios cannot load the server that far: an aiortc subscriber costs the
+generator ~75 µs of CPU per received packet, more than the server spends forwarding it.
+Here subscribers join normally (protocol v1, ICE + DTLS, :mod:`signaling.client`) and then
+stop costing anything:
+
+* a datagram hook (:func:`sfu.aiortc_bridge.install_datagram_hook`) drops every RTP/RTCP
+  datagram before aiortc sees it, while STUN (consent) and DTLS still go through;
+* during the measured window their sockets' transports are paused (``pause_reading``):
+  the server's ``sendto`` still succeeds and the kernel drops at the full subscriber
+  socket. The window (warm-up + measurement) stays well under the ~30 s after which ICE
+  consent would fail; reading resumes after it.
+
+Step by step one more room (1 publisher replaying VP8 + Opus → S subscribers) joins the
+same server until it saturates (:mod:`bench.capacity_steps`). Everything is measured on
+the server side: ``rtp_out``/``rtp_in`` and drop counters from /metrics (summed over
+workers), CPU per process from /proc, UDP receive drops of its sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.capacity_steps import (
+    DEFAULT_LIMITS,
+    Limits,
+    StepFigures,
+    capacity_summary,
+    saturation_reasons,
+    sum_counter,
+)
+from bench.media import ReplayTrack, forward_keyframe_requests
+from bench.procfs import drops_between, read_cpu_seconds, read_udp_drops
+from bench.scenario import Clips, progress
+from bench.server import SfuServer, grants_for
+from sfu import aiortc_bridge as bridge
+from signaling.client import Participant
+
+__all__ = ["CapacityRun", "run_capacity"]
+
+JOIN_TIMEOUT_S = 20.0
+DTLS_TIMEOUT_S = 20.0
+TRANSPORT_WAIT_S = 10.0
+JOIN_CONCURRENCY = 8
+RESUME_SETTLE_S = 1.0
+CLOSE_TIMEOUT_S = 20.0
+MAX_PAUSED_S = 25.0  # ICE consent fails after ~30 s without answers
+_POLL_S = 0.05
+_METRIC = "sfu_transport_packets"
+_DROP_COUNTERS = (
+    "dropped_empty",
+    "dropped_oversize",
+    "dropped_foreign",
+    "dropped_unready",
+    "dropped_srtp",
+    "dropped_queue_full",
+)
+
+
+class SilentSubscriber:
+    """A joined subscriber whose RTP/RTCP is dropped at its sockets (STUN/DTLS pass)."""
+
+    def __init__(self, participant: Participant) -> None:
+        self.participant = participant
+        self.transports: set[Any] = set()
+
+    def _on_datagram(self, data: bytes, addr: tuple[Any, ...], transport: Any) -> bool:
+        self.transports.add(transport)
+        return len(data) > 0 and 128 <= data[0] <= 191  # RTP/RTCP (RFC 7983)
+
+    async def silence(self) -> None:
+        """Once DTLS is up, hook the subscribe PC's sockets (bounded wait)."""
+        deadline = time.monotonic() + DTLS_TIMEOUT_S
+        while True:
+            pc = self.participant.subscribe_pc
+            dtls = bridge.dtls_transport(pc) if pc is not None else None
+            if dtls is not None and dtls.state == "connected":
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError("the subscribe PC did not connect")
+            await asyncio.sleep(_POLL_S)
+        bridge.install_datagram_hook(dtls, self._on_datagram)
+
+    def pause(self) -> int:
+        for transport in self.transports:
+            with contextlib.suppress(Exception):  # a transport closed meanwhile
+                transport.pause_reading()
+        return len(self.transports)
+
+    def resume(self) -> None:
+        for transport in self.transports:
+            with contextlib.suppress(Exception):
+                transport.resume_reading()
+
+
+@dataclass(slots=True)
+class CapacityRun:
+    workers: int
+    subscribers_per_room: int
+    steps: list[StepFigures] = field(default_factory=list)
+    reasons: list[list[str]] = field(default_factory=list)
+    join_failures: int = 0
+    description: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        return capacity_summary(self.steps)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "workers": self.workers,
+            "subscribers_per_room": self.subscribers_per_room,
+            "description": self.description,
+            "join_failures": self.join_failures,
+            "steps": [
+                {**s.as_dict(), "saturation": r}
+                for s, r in zip(self.steps, self.reasons, strict=True)
+            ],
+            "summary": self.summary(),
+        }
+
+
+def _server_pids(server: SfuServer) -> list[int]:
+    return server._pids()  # the bench's own adapter: server + workers
+
+
+def _cpu_by_pid(pids: Sequence[int]) -> dict[int, float]:
+    readings: dict[int, float] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            readings[pid] = read_cpu_seconds(pid)
+    return readings
+
+
+def _udp_drops(pids: Sequence[int]) -> dict[int, int]:
+    drops: dict[int, int] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            drops.update(read_udp_drops(pid))
+    return drops
+
+
+async def _counters(server: SfuServer) -> tuple[int, int, int]:
+    samples = await server.metrics()
+    dropped = sum(sum_counter(samples, _METRIC, name) for name in _DROP_COUNTERS)
+    return (
+        sum_counter(samples, _METRIC, "rtp_in"),
+        sum_counter(samples, _METRIC, "rtp_out"),
+        dropped,
+    )
+
+
+async def _join_publisher(server: SfuServer, room: str, clips: Clips, index: int) -> Any:
+    tracks = [ReplayTrack(clips.video), ReplayTrack(clips.audio_for(index))]
+    peer = await server.join(room, f"pub-{index}", tracks=tracks, subscribe=False)
+    pc = peer.publish_pc
+    if pc is not None:
+        for sender in pc.getSenders():
+            track = sender.track
+            if isinstance(track, ReplayTrack) and track.kind == "video":
+                forward_keyframe_requests(sender, track.request_keyframe)
+    return peer
+
+
+async def _join_subscriber(
+    server: SfuServer, room: str, identity: str, gate: asyncio.Semaphore
+) -> SilentSubscriber:
+    async with gate:
+        token = server.token(room, identity, grants_for(False, True))
+        participant = await Participant.join(
+            server.url, token, timeout=JOIN_TIMEOUT_S, renack=False
+        )
+        subscriber = SilentSubscriber(participant)
+        try:
+            await subscriber.silence()
+        except BaseException:
+            await participant.close()
+            raise
+        return subscriber
+
+
+async def _wait_transports(subscribers: Sequence[SilentSubscriber]) -> None:
+    deadline = time.monotonic() + TRANSPORT_WAIT_S
+    while any(not s.transports for s in subscribers) and time.monotonic() < deadline:
+        await asyncio.sleep(_POLL_S)
+
+
+async def _measure(
+    server: SfuServer,
+    rooms: int,
+    subscribers: Sequence[SilentSubscriber],
+    warmup_s: float,
+    window_s: float,
+) -> StepFigures:
+    await _wait_transports(subscribers)
+    unpaused = sum(1 for s in subscribers if s.pause() == 0)
+    try:
+        await asyncio.sleep(warmup_s)
+        pids = _server_pids(server)
+        cpu0, drops0, gen0 = _cpu_by_pid(pids), _udp_drops(pids), read_cpu_seconds()
+        in0, out0, dropped0 = await _counters(server)
+        started = time.perf_counter()
+        await asyncio.sleep(window_s)
+        in1, out1, dropped1 = await _counters(server)
+        elapsed = time.perf_counter() - started
+        cpu1, drops1, gen1 = _cpu_by_pid(pids), _udp_drops(pids), read_cpu_seconds()
+    finally:
+        for subscriber in subscribers:
+            subscriber.resume()
+    return StepFigures(
+        rooms=rooms,
+        subscribers=len(subscribers),
+        window_s=elapsed,
+        rtp_in=in1 - in0,
+        rtp_out=out1 - out0,
+        sfu_dropped=dropped1 - dropped0,
+        udp_drops=drops_between(drops0, drops1),
+        cpu_shares=tuple(
+            (cpu1[pid] - cpu0[pid]) / elapsed for pid in pids if pid in cpu0 and pid in cpu1
+        ),
+        generator_cpu_share=(gen1 - gen0) / elapsed,
+        unpaused=unpaused,
+    )
+
+
+async def _close_all(peers: Sequence[Any], subscribers: Sequence[SilentSubscriber]) -> None:
+    closers = [p.close() for p in peers] + [s.participant.close() for s in subscribers]
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await asyncio.gather(*closers, return_exceptions=True)
+
+
+async def run_capacity(
+    workers: int,
+    clips: Clips,
+    *,
+    subscribers_per_room: int,
+    max_rooms: int,
+    warmup_s: float,
+    window_s: float,
+    limits: Limits = DEFAULT_LIMITS,
+) -> CapacityRun:
+    """Add rooms one at a time to one server with ``workers`` workers until it saturates
+    (or ``max_rooms``)."""
+    if warmup_s + window_s > MAX_PAUSED_S:
+        raise ValueError(f"warm-up + window must stay under {MAX_PAUSED_S:g} s (ICE consent)")
+    run = CapacityRun(workers, subscribers_per_room)
+    server = SfuServer(extra_args=["--workers", str(workers)])
+    await asyncio.to_thread(server.start)
+    publishers: list[Any] = []
+    subscribers: list[SilentSubscriber] = []
+    gate = asyncio.Semaphore(JOIN_CONCURRENCY)
+    try:
+        run.description = server.description
+        for rooms in range(1, max_rooms + 1):
+            room = f"cap-{uuid.uuid4().hex[:8]}"
+            publishers.append(await _join_publisher(server, room, clips, rooms - 1))
+            results = await asyncio.gather(
+                *(
+                    _join_subscriber(server, room, f"sub-{rooms}-{i}", gate)
+                    for i in range(subscribers_per_room)
+                ),
+                return_exceptions=True,
+            )
+            joined = [r for r in results if isinstance(r, SilentSubscriber)]
+            failed = [r for r in results if not isinstance(r, SilentSubscriber)]
+            run.join_failures += len(failed)
+            subscribers.extend(joined)
+            if failed:
+                progress(
+                    f"workers={workers} room {rooms}: {len(failed)} joins failed "
+                    f"(first: {failed[0]!r})"
+                )
+            step = await _measure(server, rooms, subscribers, warmup_s, window_s)
+            reasons = saturation_reasons(step, limits)
+            run.steps.append(step)
+            run.reasons.append(reasons)
+            progress(
+                f"workers={workers} rooms={rooms} subs={step.subscribers}: "
+                f"{step.forwarded_pps:,.0f} fwd pkt/s, {step.forwarded_ratio:.1%} of offered, "
+                f"CPU {', '.join(f'{c:.0%}' for c in step.cpu_shares)}, "
+                f"udp drops {step.udp_drops}, sfu drops {step.sfu_dropped}, "
+                f"generator {step.generator_cpu_share:.0%}"
+                + (f" → saturated: {'; '.join(reasons)}" if reasons else "")
+            )
+            if reasons:
+                break
+            await asyncio.sleep(RESUME_SETTLE_S)
+    finally:
+        await _close_all(publishers, subscribers)
+        await server.aclose()
+        await asyncio.to_thread(server.stop)
+    return run
+
+
+def capacity_markdown(runs: Sequence[CapacityRun], command: str) -> str:
+    lines = [f"# capacity\n\n`{command}`\n"]
+    for run in runs:
+        lines.append(f"\n## --workers {run.workers} ({run.description})\n")
+        lines.append(
+            "| rooms | subscribers | fwd pkt/s | fwd/offered | server CPU per process "
+            "| µs/fwd pkt | UDP drops | SFU drops | generator CPU | saturated |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        for step, reasons in zip(run.steps, run.reasons, strict=True):
+            cpus = " + ".join(f"{c:.0%}" for c in step.cpu_shares)
+            lines.append(
+                f"| {step.rooms} | {step.subscribers} | {step.forwarded_pps:,.0f} "
+                f"| {step.forwarded_ratio:.1%} | {cpus} | {step.us_per_forwarded_packet:.1f} "
+                f"| {step.udp_drops} | {step.sfu_dropped} | {step.generator_cpu_share:.0%} "
+                f"| {'; '.join(reasons) or 'no'} |"
+            )
+        summary = run.summary()
+        lines.append(
+            f"\nmax before saturation: **{summary['clean_pps']:,.0f}** fwd pkt/s; "
+            f"before any drop: {summary['before_drops_pps']:,.0f}; "
+            f"peak: {summary['peak_pps']:,.0f}; join failures: {run.join_failures}"
+        )
+    by_workers = {run.workers: run.summary()["peak_pps"] for run in runs}
+    if 1 in by_workers and len(by_workers) > 1 and by_workers[1] > 0:
+        for workers, peak in sorted(by_workers.items()):
+            if workers != 1:
+                lines.append(
+                    f"\npeak ratio --workers {workers} / --workers 1: "
+                    f"**{peak / by_workers[1]:.2f}x**"
+                )
+    return "\n".join(lines) + "\n"
