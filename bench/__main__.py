@@ -461,8 +461,9 @@ def _run_capacity(args: argparse.Namespace, command: str) -> int:
             for workers in args.workers
         ]
 
-    runs, loop_name = _run_loop(run_all())
-    env = environment(loop_name, sorted(os.sched_getaffinity(0)))
+    # asyncio's own loop: its datagram transports can pause reading, uvloop's cannot.
+    runs = asyncio.run(run_all())
+    env = environment("asyncio", sorted(os.sched_getaffinity(0)))
     document = {"scenario": "capacity", "command": command, "environment": env,
                 "runs": [run.as_dict() for run in runs]}
     _emit("capacity", capacity_markdown(runs, command), document, args)

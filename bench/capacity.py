@@ -89,14 +89,22 @@ class SilentSubscriber:
         bridge.install_datagram_hook(dtls, self._on_datagram)
 
     def pause(self) -> int:
+        """Stop reading this subscriber's sockets; returns how many were paused."""
+        paused = 0
         for transport in self.transports:
-            with contextlib.suppress(Exception):  # a transport closed meanwhile
+            if not hasattr(transport, "pause_reading"):
+                raise RuntimeError(
+                    f"{type(transport).__name__} cannot pause reading (uvloop's UDP "
+                    "transports cannot): run on asyncio's default loop"
+                )
+            if not transport.is_closing():
                 transport.pause_reading()
-        return len(self.transports)
+                paused += 1
+        return paused
 
     def resume(self) -> None:
         for transport in self.transports:
-            with contextlib.suppress(Exception):
+            if not transport.is_closing():
                 transport.resume_reading()
 
 
@@ -204,12 +212,14 @@ async def _measure(
         await asyncio.sleep(warmup_s)
         pids = _server_pids(server)
         cpu0, drops0, gen0 = _cpu_by_pid(pids), _udp_drops(pids), read_cpu_seconds()
+        mine0 = read_udp_drops()
         in0, out0, dropped0 = await _counters(server)
         started = time.perf_counter()
         await asyncio.sleep(window_s)
         in1, out1, dropped1 = await _counters(server)
         elapsed = time.perf_counter() - started
         cpu1, drops1, gen1 = _cpu_by_pid(pids), _udp_drops(pids), read_cpu_seconds()
+        mine1 = read_udp_drops()
     finally:
         for subscriber in subscribers:
             subscriber.resume()
@@ -226,6 +236,7 @@ async def _measure(
         ),
         generator_cpu_share=(gen1 - gen0) / elapsed,
         unpaused=unpaused,
+        generator_udp_drops=drops_between(mine0, mine1),
     )
 
 
@@ -286,7 +297,8 @@ async def run_capacity(
                 f"{step.forwarded_pps:,.0f} fwd pkt/s, {step.forwarded_ratio:.1%} of offered, "
                 f"CPU {', '.join(f'{c:.0%}' for c in step.cpu_shares)}, "
                 f"udp drops {step.udp_drops}, sfu drops {step.sfu_dropped}, "
-                f"generator {step.generator_cpu_share:.0%}"
+                f"generator {step.generator_cpu_share:.0%} (its sockets dropped "
+                f"{step.generator_udp_drops})"
                 + (f" → saturated: {'; '.join(reasons)}" if reasons else "")
             )
             if reasons:

@@ -46,6 +46,8 @@ class StepFigures:
     """Per server process (supervisor first with workers), 1.0 = one core."""
     generator_cpu_share: float = 0.0
     unpaused: int = 0
+    generator_udp_drops: int = 0
+    """Drops at the paused subscribers' sockets: the forwarded packets the kernel discarded."""
     """Subscribers whose sockets could not be paused (they still read, cheaply)."""
 
     @property
