@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+
 from bench.capacity_steps import (
     DEFAULT_LIMITS,
     Limits,
@@ -40,6 +42,7 @@ from bench.media import ReplayTrack, forward_keyframe_requests
 from bench.procfs import drops_between, read_cpu_seconds, read_udp_drops
 from bench.scenario import Clips, progress
 from bench.server import SfuServer, grants_for
+from bench.stats import parse_prometheus
 from sfu import aiortc_bridge as bridge
 from signaling.client import Participant
 
@@ -51,6 +54,8 @@ TRANSPORT_WAIT_S = 10.0
 JOIN_CONCURRENCY = 8
 RESUME_SETTLE_S = 1.0
 CLOSE_TIMEOUT_S = 20.0
+METRICS_TIMEOUT_S = 30.0
+SUPERVISOR_SCRAPE_TIMEOUT_S = 4.5  # sfu.workers.supervisor drops a worker after 5 s
 MAX_PAUSED_S = 25.0  # ICE consent fails after ~30 s without answers
 _POLL_S = 0.05
 _METRIC = "sfu_transport_packets"
@@ -116,6 +121,8 @@ class CapacityRun:
     reasons: list[list[str]] = field(default_factory=list)
     join_failures: int = 0
     description: str = ""
+    failure: str = ""
+    """Why the last step could not be measured (empty: every step was)."""
 
     def summary(self) -> dict[str, Any]:
         return capacity_summary(self.steps)
@@ -126,6 +133,7 @@ class CapacityRun:
             "subscribers_per_room": self.subscribers_per_room,
             "description": self.description,
             "join_failures": self.join_failures,
+            "failure": self.failure,
             "steps": [
                 {**s.as_dict(), "saturation": r}
                 for s, r in zip(self.steps, self.reasons, strict=True)
@@ -154,8 +162,16 @@ def _udp_drops(pids: Sequence[int]) -> dict[int, int]:
     return drops
 
 
-async def _counters(server: SfuServer) -> tuple[int, int, int]:
-    samples = await server.metrics()
+async def _counters(server: SfuServer, http: aiohttp.ClientSession) -> tuple[int, int, int]:
+    """(rtp_in, rtp_out, dropped) summed over workers. With workers the supervisor leaves
+    out a worker that does not answer within its own 5 s: a slow reply is refused."""
+    started = time.perf_counter()
+    async with http.get(server.http_url + "/metrics") as response:
+        response.raise_for_status()
+        samples = parse_prometheus(await response.text())
+    took = time.perf_counter() - started
+    if took >= SUPERVISOR_SCRAPE_TIMEOUT_S:
+        raise RuntimeError(f"/metrics took {took:.1f} s: a worker's counters may be missing")
     dropped = sum(sum_counter(samples, _METRIC, name) for name in _DROP_COUNTERS)
     return (
         sum_counter(samples, _METRIC, "rtp_in"),
@@ -201,6 +217,7 @@ async def _wait_transports(subscribers: Sequence[SilentSubscriber]) -> None:
 
 async def _measure(
     server: SfuServer,
+    http: aiohttp.ClientSession,
     rooms: int,
     subscribers: Sequence[SilentSubscriber],
     warmup_s: float,
@@ -213,10 +230,10 @@ async def _measure(
         pids = _server_pids(server)
         cpu0, drops0, gen0 = _cpu_by_pid(pids), _udp_drops(pids), read_cpu_seconds()
         mine0 = read_udp_drops()
-        in0, out0, dropped0 = await _counters(server)
+        in0, out0, dropped0 = await _counters(server, http)
         started = time.perf_counter()
         await asyncio.sleep(window_s)
-        in1, out1, dropped1 = await _counters(server)
+        in1, out1, dropped1 = await _counters(server, http)
         elapsed = time.perf_counter() - started
         cpu1, drops1, gen1 = _cpu_by_pid(pids), _udp_drops(pids), read_cpu_seconds()
         mine1 = read_udp_drops()
@@ -267,6 +284,7 @@ async def run_capacity(
     publishers: list[Any] = []
     subscribers: list[SilentSubscriber] = []
     gate = asyncio.Semaphore(JOIN_CONCURRENCY)
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=METRICS_TIMEOUT_S))
     try:
         run.description = server.description
         for rooms in range(1, max_rooms + 1):
@@ -288,7 +306,12 @@ async def run_capacity(
                     f"workers={workers} room {rooms}: {len(failed)} joins failed "
                     f"(first: {failed[0]!r})"
                 )
-            step = await _measure(server, rooms, subscribers, warmup_s, window_s)
+            try:
+                step = await _measure(server, http, rooms, subscribers, warmup_s, window_s)
+            except (RuntimeError, aiohttp.ClientError, TimeoutError) as exc:
+                run.failure = f"rooms={rooms}: {type(exc).__name__}: {exc}"
+                progress(f"workers={workers} step failed: {run.failure}")
+                break
             reasons = saturation_reasons(step, limits)
             run.steps.append(step)
             run.reasons.append(reasons)
@@ -306,6 +329,7 @@ async def run_capacity(
             await asyncio.sleep(RESUME_SETTLE_S)
     finally:
         await _close_all(publishers, subscribers)
+        await http.close()
         await server.aclose()
         await asyncio.to_thread(server.stop)
     return run
@@ -334,6 +358,8 @@ def capacity_markdown(runs: Sequence[CapacityRun], command: str) -> str:
             f"before any drop: {summary['before_drops_pps']:,.0f}; "
             f"peak: {summary['peak_pps']:,.0f}; join failures: {run.join_failures}"
         )
+        if run.failure:
+            lines.append(f"\n⚠ step not measured: {run.failure}")
     by_workers = {run.workers: run.summary()["peak_pps"] for run in runs}
     if 1 in by_workers and len(by_workers) > 1 and by_workers[1] > 0:
         for workers, peak in sorted(by_workers.items()):
