@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -39,14 +41,14 @@ from bench.capacity_steps import (
     sum_counter,
 )
 from bench.media import ReplayTrack, forward_keyframe_requests
-from bench.procfs import drops_between, read_cpu_seconds, read_udp_drops
+from bench.procfs import drops_between, read_cpu_seconds, read_udp_drops, socket_inodes
 from bench.scenario import Clips, progress
 from bench.server import SfuServer, grants_for
 from bench.stats import parse_prometheus
 from sfu import aiortc_bridge as bridge
 from signaling.client import Participant
 
-__all__ = ["CapacityRun", "run_capacity"]
+__all__ = ["CapacityRun", "capacity_markdown", "run_capacity", "worker_sockets"]
 
 JOIN_TIMEOUT_S = 20.0
 DTLS_TIMEOUT_S = 20.0
@@ -55,7 +57,7 @@ JOIN_CONCURRENCY = 8
 RESUME_SETTLE_S = 1.0
 CLOSE_TIMEOUT_S = 20.0
 METRICS_TIMEOUT_S = 30.0
-SUPERVISOR_SCRAPE_TIMEOUT_S = 4.5  # sfu.workers.supervisor drops a worker after 5 s
+WORKER_SOCKET = re.compile(r"/worker-\d+\.sock$")
 MAX_PAUSED_S = 25.0  # ICE consent fails after ~30 s without answers
 _POLL_S = 0.05
 _METRIC = "sfu_transport_packets"
@@ -162,22 +164,63 @@ def _udp_drops(pids: Sequence[int]) -> dict[int, int]:
     return drops
 
 
-async def _counters(server: SfuServer, http: aiohttp.ClientSession) -> tuple[int, int, int]:
-    """(rtp_in, rtp_out, dropped) summed over workers. With workers the supervisor leaves
-    out a worker that does not answer within its own 5 s: a slow reply is refused."""
-    started = time.perf_counter()
-    async with http.get(server.http_url + "/metrics") as response:
+def worker_sockets(pids: Sequence[int], unix_table: str | None = None) -> list[str]:
+    """Paths of the ``worker-N.sock`` unix sockets the server's processes listen on.
+
+    With workers the supervisor's /metrics leaves out a worker that does not answer within
+    5 s, so the bench asks each worker itself (on the socket the supervisor uses)."""
+    table = unix_table if unix_table is not None else Path("/proc/net/unix").read_text()
+    mine: set[int] = set()
+    for pid in pids:
+        mine |= socket_inodes(pid)
+    paths: set[str] = set()
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 8 and int(fields[6]) in mine and WORKER_SOCKET.search(fields[7]):
+            paths.add(fields[7])
+    return sorted(paths)
+
+
+async def _scrape(http: aiohttp.ClientSession, url: str, unix: str | None) -> dict[str, float]:
+    if unix is None:
+        async with http.get(url) as response:
+            response.raise_for_status()
+            return parse_prometheus(await response.text())
+    connector = aiohttp.UnixConnector(path=unix)
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=http.timeout) as session,
+        session.get(url) as response,
+    ):
         response.raise_for_status()
-        samples = parse_prometheus(await response.text())
-    took = time.perf_counter() - started
-    if took >= SUPERVISOR_SCRAPE_TIMEOUT_S:
-        raise RuntimeError(f"/metrics took {took:.1f} s: a worker's counters may be missing")
-    dropped = sum(sum_counter(samples, _METRIC, name) for name in _DROP_COUNTERS)
-    return (
-        sum_counter(samples, _METRIC, "rtp_in"),
-        sum_counter(samples, _METRIC, "rtp_out"),
-        dropped,
-    )
+        return parse_prometheus(await response.text())
+
+
+@dataclass(slots=True)
+class Scrape:
+    rtp_in: int
+    rtp_out: int
+    dropped: int
+    slowest_s: float
+
+
+async def _counters(server: SfuServer, http: aiohttp.ClientSession, workers: int) -> Scrape:
+    """rtp_in, rtp_out and the drop counters, summed over the worker processes."""
+    rtp_in = rtp_out = dropped = 0
+    slowest = 0.0
+    targets: list[tuple[str, str | None]] = [(server.http_url + "/metrics", None)]
+    if workers > 1:
+        sockets = worker_sockets(_server_pids(server))
+        if len(sockets) != workers:
+            raise RuntimeError(f"found {len(sockets)} worker sockets, expected {workers}")
+        targets = [("http://worker/metrics", path) for path in sockets]
+    for url, unix in targets:
+        started = time.perf_counter()
+        samples = await _scrape(http, url, unix)
+        slowest = max(slowest, time.perf_counter() - started)
+        rtp_in += sum_counter(samples, _METRIC, "rtp_in")
+        rtp_out += sum_counter(samples, _METRIC, "rtp_out")
+        dropped += sum(sum_counter(samples, _METRIC, name) for name in _DROP_COUNTERS)
+    return Scrape(rtp_in, rtp_out, dropped, slowest)
 
 
 async def _join_publisher(server: SfuServer, room: str, clips: Clips, index: int) -> Any:
@@ -218,6 +261,7 @@ async def _wait_transports(subscribers: Sequence[SilentSubscriber]) -> None:
 async def _measure(
     server: SfuServer,
     http: aiohttp.ClientSession,
+    workers: int,
     rooms: int,
     subscribers: Sequence[SilentSubscriber],
     warmup_s: float,
@@ -230,10 +274,10 @@ async def _measure(
         pids = _server_pids(server)
         cpu0, drops0, gen0 = _cpu_by_pid(pids), _udp_drops(pids), read_cpu_seconds()
         mine0 = read_udp_drops()
-        in0, out0, dropped0 = await _counters(server, http)
+        first = await _counters(server, http, workers)
         started = time.perf_counter()
         await asyncio.sleep(window_s)
-        in1, out1, dropped1 = await _counters(server, http)
+        last = await _counters(server, http, workers)
         elapsed = time.perf_counter() - started
         cpu1, drops1, gen1 = _cpu_by_pid(pids), _udp_drops(pids), read_cpu_seconds()
         mine1 = read_udp_drops()
@@ -244,9 +288,9 @@ async def _measure(
         rooms=rooms,
         subscribers=len(subscribers),
         window_s=elapsed,
-        rtp_in=in1 - in0,
-        rtp_out=out1 - out0,
-        sfu_dropped=dropped1 - dropped0,
+        rtp_in=last.rtp_in - first.rtp_in,
+        rtp_out=last.rtp_out - first.rtp_out,
+        sfu_dropped=last.dropped - first.dropped,
         udp_drops=drops_between(drops0, drops1),
         cpu_shares=tuple(
             (cpu1[pid] - cpu0[pid]) / elapsed for pid in pids if pid in cpu0 and pid in cpu1
@@ -254,6 +298,7 @@ async def _measure(
         generator_cpu_share=(gen1 - gen0) / elapsed,
         unpaused=unpaused,
         generator_udp_drops=drops_between(mine0, mine1),
+        metrics_s=max(first.slowest_s, last.slowest_s),
     )
 
 
@@ -307,7 +352,7 @@ async def run_capacity(
                     f"(first: {failed[0]!r})"
                 )
             try:
-                step = await _measure(server, http, rooms, subscribers, warmup_s, window_s)
+                step = await _measure(server, http, workers, rooms, subscribers, warmup_s, window_s)
             except (RuntimeError, aiohttp.ClientError, TimeoutError) as exc:
                 run.failure = f"rooms={rooms}: {type(exc).__name__}: {exc}"
                 progress(f"workers={workers} step failed: {run.failure}")
@@ -320,7 +365,7 @@ async def run_capacity(
                 f"{step.forwarded_pps:,.0f} fwd pkt/s, {step.forwarded_ratio:.1%} of offered, "
                 f"CPU {', '.join(f'{c:.0%}' for c in step.cpu_shares)}, "
                 f"udp drops {step.udp_drops}, sfu drops {step.sfu_dropped}, "
-                f"generator {step.generator_cpu_share:.0%} (its sockets dropped "
+                f"/metrics {step.metrics_s:.1f} s, generator {step.generator_cpu_share:.0%} (its sockets dropped "
                 f"{step.generator_udp_drops})"
                 + (f" → saturated: {'; '.join(reasons)}" if reasons else "")
             )

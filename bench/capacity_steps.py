@@ -47,6 +47,8 @@ class StepFigures:
     generator_cpu_share: float = 0.0
     unpaused: int = 0
     generator_udp_drops: int = 0
+    metrics_s: float = 0.0
+    """Slowest /metrics answer of a server process at the window's ends (a busy loop)."""
     """Drops at the paused subscribers' sockets: the forwarded packets the kernel discarded."""
     """Subscribers whose sockets could not be paused (they still read, cheaply)."""
 
