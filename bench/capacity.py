@@ -365,7 +365,8 @@ async def run_capacity(
                 f"{step.forwarded_pps:,.0f} fwd pkt/s, {step.forwarded_ratio:.1%} of offered, "
                 f"CPU {', '.join(f'{c:.0%}' for c in step.cpu_shares)}, "
                 f"udp drops {step.udp_drops}, sfu drops {step.sfu_dropped}, "
-                f"/metrics {step.metrics_s:.1f} s, generator {step.generator_cpu_share:.0%} (its sockets dropped "
+                f"/metrics {step.metrics_s:.1f} s, generator {step.generator_cpu_share:.0%} "
+                f"(its sockets dropped "
                 f"{step.generator_udp_drops})"
                 + (f" → saturated: {'; '.join(reasons)}" if reasons else "")
             )
