@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import socket
+from pathlib import Path
+
 import pytest
 
+from bench.capacity import worker_sockets
 from bench.capacity_steps import (
     Limits,
     StepFigures,
@@ -109,3 +114,20 @@ def test_counters_sum_over_workers() -> None:
     assert sum_counter(samples, "sfu_transport_packets", "rtp_out") == 15
     assert sum_counter(samples, "sfu_transport_packets", "rtp_in") == 7
     assert sum_counter(samples, "sfu_transport_packets", "missing") == 0
+
+
+def test_worker_sockets_are_found_by_inode(tmp_path: Path) -> None:
+    """The bench finds the ``worker-N.sock`` sockets a process listens on (here: ours)."""
+    listening = []
+    for name in ("worker-1.sock", "worker-0.sock", "other.sock"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(tmp_path / name))
+        sock.listen()
+        listening.append(sock)
+    try:
+        found = worker_sockets([os.getpid()])
+        assert found == [str(tmp_path / "worker-0.sock"), str(tmp_path / "worker-1.sock")]
+        assert worker_sockets([os.getpid()], unix_table="Num RefCount\n") == []
+    finally:
+        for sock in listening:
+            sock.close()
