@@ -249,6 +249,9 @@ def _capacity_arguments(parser: argparse.ArgumentParser) -> None:
                         "prints the ratio)")
     parser.add_argument("--subscribers", type=_int_in(1, 400), default=100, metavar="S",
                         help="non-reading subscribers per room (default 100)")
+    parser.add_argument("--publishers", type=_int_in(1, 20), default=1, metavar="P",
+                        help="publishers (VP8 + Opus) per room, each sent to every "
+                        "subscriber of the room (default 1)")
     parser.add_argument("--max-rooms", type=_int_in(1, 20), default=8, metavar="R",
                         help="stop adding rooms here if the server has not saturated "
                         "(default 8)")
@@ -450,12 +453,13 @@ def _run_micro(args: argparse.Namespace, command: str) -> int:
 def _run_capacity(args: argparse.Namespace, command: str) -> int:
     from bench.capacity import CapacityRun, capacity_markdown, run_capacity
 
-    clips = _clips(args.video_kbps, max(1, args.max_rooms))
+    clips = _clips(args.video_kbps, 4)  # cycled: payloads need not be unique here
 
     async def run_all() -> list[CapacityRun]:
         return [
             await run_capacity(
                 workers, clips, subscribers_per_room=args.subscribers,
+                publishers_per_room=args.publishers,
                 max_rooms=args.max_rooms, warmup_s=args.warmup, window_s=args.duration,
             )
             for workers in args.workers

@@ -119,6 +119,7 @@ class SilentSubscriber:
 class CapacityRun:
     workers: int
     subscribers_per_room: int
+    publishers_per_room: int = 1
     steps: list[StepFigures] = field(default_factory=list)
     reasons: list[list[str]] = field(default_factory=list)
     join_failures: int = 0
@@ -133,6 +134,7 @@ class CapacityRun:
         return {
             "workers": self.workers,
             "subscribers_per_room": self.subscribers_per_room,
+            "publishers_per_room": self.publishers_per_room,
             "description": self.description,
             "join_failures": self.join_failures,
             "failure": self.failure,
@@ -224,6 +226,7 @@ async def _counters(server: SfuServer, http: aiohttp.ClientSession, workers: int
 
 
 async def _join_publisher(server: SfuServer, room: str, clips: Clips, index: int) -> Any:
+    """Publishers of a room all go to each of its subscribers (who do not publish)."""
     tracks = [ReplayTrack(clips.video), ReplayTrack(clips.audio_for(index))]
     peer = await server.join(room, f"pub-{index}", tracks=tracks, subscribe=False)
     pc = peer.publish_pc
@@ -314,6 +317,7 @@ async def run_capacity(
     clips: Clips,
     *,
     subscribers_per_room: int,
+    publishers_per_room: int = 1,
     max_rooms: int,
     warmup_s: float,
     window_s: float,
@@ -323,7 +327,7 @@ async def run_capacity(
     (or ``max_rooms``)."""
     if warmup_s + window_s > MAX_PAUSED_S:
         raise ValueError(f"warm-up + window must stay under {MAX_PAUSED_S:g} s (ICE consent)")
-    run = CapacityRun(workers, subscribers_per_room)
+    run = CapacityRun(workers, subscribers_per_room, publishers_per_room)
     server = SfuServer(extra_args=["--workers", str(workers)])
     await asyncio.to_thread(server.start)
     publishers: list[Any] = []
@@ -334,7 +338,9 @@ async def run_capacity(
         run.description = server.description
         for rooms in range(1, max_rooms + 1):
             room = f"cap-{uuid.uuid4().hex[:8]}"
-            publishers.append(await _join_publisher(server, room, clips, rooms - 1))
+            for index in range(publishers_per_room):
+                voice = (rooms - 1) * publishers_per_room + index
+                publishers.append(await _join_publisher(server, room, clips, voice))
             results = await asyncio.gather(
                 *(
                     _join_subscriber(server, room, f"sub-{rooms}-{i}", gate)
@@ -384,7 +390,10 @@ async def run_capacity(
 def capacity_markdown(runs: Sequence[CapacityRun], command: str) -> str:
     lines = [f"# capacity\n\n`{command}`\n"]
     for run in runs:
-        lines.append(f"\n## --workers {run.workers} ({run.description})\n")
+        lines.append(
+            f"\n## --workers {run.workers}: rooms of {run.publishers_per_room} publisher(s) → "
+            f"{run.subscribers_per_room} subscribers ({run.description})\n"
+        )
         lines.append(
             "| rooms | subscribers | fwd pkt/s | fwd/offered | server CPU per process "
             "| µs/fwd pkt | UDP drops | SFU drops | generator CPU | saturated |"
