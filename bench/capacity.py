@@ -58,7 +58,8 @@ RESUME_SETTLE_S = 1.0
 CLOSE_TIMEOUT_S = 20.0
 METRICS_TIMEOUT_S = 30.0
 WORKER_SOCKET = re.compile(r"/worker-\d+\.sock$")
-MAX_PAUSED_S = 25.0  # ICE consent fails after ~30 s without answers
+MAX_PAUSED_S = 25.0
+LOG_LINES = 40  # ICE consent fails after ~30 s without answers
 _POLL_S = 0.05
 _METRIC = "sfu_transport_packets"
 _DROP_COUNTERS = (
@@ -125,6 +126,7 @@ class CapacityRun:
     join_failures: int = 0
     description: str = ""
     failure: str = ""
+    server_log_tail: list[str] = field(default_factory=list)
     """Why the last step could not be measured (empty: every step was)."""
 
     def summary(self) -> dict[str, Any]:
@@ -138,6 +140,7 @@ class CapacityRun:
             "description": self.description,
             "join_failures": self.join_failures,
             "failure": self.failure,
+            "server_log_tail": self.server_log_tail,
             "steps": [
                 {**s.as_dict(), "saturation": r}
                 for s, r in zip(self.steps, self.reasons, strict=True)
@@ -380,6 +383,7 @@ async def run_capacity(
                 break
             await asyncio.sleep(RESUME_SETTLE_S)
     finally:
+        run.server_log_tail = [line.rstrip() for line in list(server.log_tail)[-LOG_LINES:]]
         await _close_all(publishers, subscribers)
         await http.close()
         await server.aclose()
