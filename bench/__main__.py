@@ -247,14 +247,15 @@ def _capacity_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=_counts(1, 16), default=(1,), metavar="N[,N]",
                         help="server worker processes, one run each (default 1; 1,2 also "
                         "prints the ratio)")
-    parser.add_argument("--subscribers", type=_int_in(1, 400), default=100, metavar="S",
-                        help="non-reading subscribers per room (default 100)")
-    parser.add_argument("--publishers", type=_int_in(1, 20), default=1, metavar="P",
+    parser.add_argument("--subscribers", type=_int_in(1, 400), default=28, metavar="S",
+                        help="non-reading subscribers per room (default 28: with --workers, "
+                        "keep a worker under 100 participants, see the README)")
+    parser.add_argument("--publishers", type=_int_in(1, 20), default=4, metavar="P",
                         help="publishers (VP8 + Opus) per room, each sent to every "
-                        "subscriber of the room (default 1)")
-    parser.add_argument("--max-rooms", type=_int_in(1, 20), default=8, metavar="R",
+                        "subscriber of the room (default 4)")
+    parser.add_argument("--max-rooms", type=_int_in(1, 20), default=6, metavar="R",
                         help="stop adding rooms here if the server has not saturated "
-                        "(default 8)")
+                        "(default 6)")
     parser.add_argument("--video-kbps", type=_kbps, default=900, metavar="K",
                         help="VP8 640x360@30 target bitrate (default 900)")
     parser.add_argument("--duration", type=_seconds(1, 20), default=10.0, metavar="S",

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
 
 from bench.capacity_steps import (
     DEFAULT_LIMITS,
@@ -40,7 +41,8 @@ from bench.capacity_steps import (
     saturation_reasons,
     sum_counter,
 )
-from bench.media import ReplayTrack, forward_keyframe_requests
+from bench.media import EncodedClip, ReplayTrack, forward_keyframe_requests
+from bench.monitor import LoopLagMonitor
 from bench.procfs import drops_between, read_cpu_seconds, read_udp_drops, socket_inodes
 from bench.scenario import Clips, progress
 from bench.server import SfuServer, grants_for
@@ -55,6 +57,7 @@ DTLS_TIMEOUT_S = 20.0
 TRANSPORT_WAIT_S = 10.0
 JOIN_CONCURRENCY = 8
 RESUME_SETTLE_S = 1.0
+FLOW_SETTLE_S = 2.0  # media back on: every subscriber gets packets before the pause
 CLOSE_TIMEOUT_S = 20.0
 METRICS_TIMEOUT_S = 30.0
 WORKER_SOCKET = re.compile(r"/worker-\d+\.sock$")
@@ -228,9 +231,27 @@ async def _counters(server: SfuServer, http: aiohttp.ClientSession, workers: int
     return Scrape(rtp_in, rtp_out, dropped, slowest)
 
 
-async def _join_publisher(server: SfuServer, room: str, clips: Clips, index: int) -> Any:
+class GatedReplayTrack(ReplayTrack):
+    """A replay that sends only while ``flowing`` is set: media stops while rooms join, so
+    the subscribers that read (between windows) are not flooded and joins stay cheap."""
+
+    def __init__(self, clip: EncodedClip, flowing: asyncio.Event) -> None:
+        super().__init__(clip)
+        self._flowing = flowing
+
+    async def recv(self) -> av.Packet[Any]:
+        await self._flowing.wait()
+        return await super().recv()  # late after a stop: the replay skips ahead
+
+
+async def _join_publisher(
+    server: SfuServer, room: str, clips: Clips, index: int, flowing: asyncio.Event
+) -> Any:
     """Publishers of a room all go to each of its subscribers (who do not publish)."""
-    tracks = [ReplayTrack(clips.video), ReplayTrack(clips.audio_for(index))]
+    tracks = [
+        GatedReplayTrack(clips.video, flowing),
+        GatedReplayTrack(clips.audio_for(index), flowing),
+    ]
     peer = await server.join(room, f"pub-{index}", tracks=tracks, subscribe=False)
     pc = peer.publish_pc
     if pc is not None:
@@ -265,6 +286,7 @@ async def _wait_transports(subscribers: Sequence[SilentSubscriber]) -> None:
 
 
 async def _measure(
+    lag: LoopLagMonitor,
     server: SfuServer,
     http: aiohttp.ClientSession,
     workers: int,
@@ -274,6 +296,7 @@ async def _measure(
     window_s: float,
 ) -> StepFigures:
     await _wait_transports(subscribers)
+    join_lag = max(lag.samples_ms, default=0.0)
     unpaused = sum(1 for s in subscribers if s.pause() == 0)
     try:
         await asyncio.sleep(warmup_s)
@@ -305,6 +328,7 @@ async def _measure(
         unpaused=unpaused,
         generator_udp_drops=drops_between(mine0, mine1),
         metrics_s=max(first.slowest_s, last.slowest_s),
+        join_lag_max_ms=join_lag,
     )
 
 
@@ -337,13 +361,17 @@ async def run_capacity(
     subscribers: list[SilentSubscriber] = []
     gate = asyncio.Semaphore(JOIN_CONCURRENCY)
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=METRICS_TIMEOUT_S))
+    lag = LoopLagMonitor()
+    lag.start()
+    flowing = asyncio.Event()
     try:
         run.description = server.description
         for rooms in range(1, max_rooms + 1):
             room = f"cap-{uuid.uuid4().hex[:8]}"
+            lag.reset()
             for index in range(publishers_per_room):
                 voice = (rooms - 1) * publishers_per_room + index
-                publishers.append(await _join_publisher(server, room, clips, voice))
+                publishers.append(await _join_publisher(server, room, clips, voice, flowing))
             results = await asyncio.gather(
                 *(
                     _join_subscriber(server, room, f"sub-{rooms}-{i}", gate)
@@ -360,8 +388,12 @@ async def run_capacity(
                     f"workers={workers} room {rooms}: {len(failed)} joins failed "
                     f"(first: {failed[0]!r})"
                 )
+            flowing.set()
+            await asyncio.sleep(FLOW_SETTLE_S)
             try:
-                step = await _measure(server, http, workers, rooms, subscribers, warmup_s, window_s)
+                step = await _measure(
+                    lag, server, http, workers, rooms, subscribers, warmup_s, window_s
+                )
             except (RuntimeError, aiohttp.ClientError, TimeoutError) as exc:
                 run.failure = f"rooms={rooms}: {type(exc).__name__}: {exc}"
                 progress(f"workers={workers} step failed: {run.failure}")
@@ -374,16 +406,19 @@ async def run_capacity(
                 f"{step.forwarded_pps:,.0f} fwd pkt/s, {step.forwarded_ratio:.1%} of offered, "
                 f"CPU {', '.join(f'{c:.0%}' for c in step.cpu_shares)}, "
                 f"udp drops {step.udp_drops}, sfu drops {step.sfu_dropped}, "
+                f"join lag max {step.join_lag_max_ms:.0f} ms, "
                 f"/metrics {step.metrics_s:.1f} s, generator {step.generator_cpu_share:.0%} "
                 f"(its sockets dropped "
                 f"{step.generator_udp_drops})"
                 + (f" → saturated: {'; '.join(reasons)}" if reasons else "")
             )
+            flowing.clear()
             if reasons:
                 break
             await asyncio.sleep(RESUME_SETTLE_S)
     finally:
         run.server_log_tail = [line.rstrip() for line in list(server.log_tail)[-LOG_LINES:]]
+        await lag.stop()
         await _close_all(publishers, subscribers)
         await http.close()
         await server.aclose()

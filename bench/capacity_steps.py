@@ -48,6 +48,8 @@ class StepFigures:
     unpaused: int = 0
     generator_udp_drops: int = 0
     metrics_s: float = 0.0
+    join_lag_max_ms: float = 0.0
+    """The generator's worst event-loop lag while the step's room joined (sockets read)."""
     """Slowest /metrics answer of a server process at the window's ends (a busy loop)."""
     """Drops at the paused subscribers' sockets: the forwarded packets the kernel discarded."""
     """Subscribers whose sockets could not be paused (they still read, cheaply)."""
