@@ -258,6 +258,9 @@ def _capacity_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default 6)")
     parser.add_argument("--video-kbps", type=_kbps, default=900, metavar="K",
                         help="VP8 640x360@30 target bitrate (default 900)")
+    parser.add_argument("--cpu-limit", type=_seconds(0.1, 4.0), default=0.95, metavar="F",
+                        help="a server process at this share of a core counts as saturated "
+                        "(default 0.95; above 1 to step on until drops)")
     parser.add_argument("--duration", type=_seconds(1, 20), default=10.0, metavar="S",
                         help="measured window per step (default 10 s)")
     parser.add_argument("--warmup", type=_seconds(0, 5), default=2.0, metavar="S",
@@ -453,6 +456,7 @@ def _run_micro(args: argparse.Namespace, command: str) -> int:
 
 def _run_capacity(args: argparse.Namespace, command: str) -> int:
     from bench.capacity import CapacityRun, capacity_markdown, run_capacity
+    from bench.capacity_steps import Limits
 
     clips = _clips(args.video_kbps, 4)  # cycled: payloads need not be unique here
 
@@ -460,7 +464,7 @@ def _run_capacity(args: argparse.Namespace, command: str) -> int:
         return [
             await run_capacity(
                 workers, clips, subscribers_per_room=args.subscribers,
-                publishers_per_room=args.publishers,
+                publishers_per_room=args.publishers, limits=Limits(cpu_share=args.cpu_limit),
                 max_rooms=args.max_rooms, warmup_s=args.warmup, window_s=args.duration,
             )
             for workers in args.workers

@@ -130,10 +130,11 @@ class CapacityRun:
     description: str = ""
     failure: str = ""
     server_log_tail: list[str] = field(default_factory=list)
+    limits: Limits = DEFAULT_LIMITS
     """Why the last step could not be measured (empty: every step was)."""
 
     def summary(self) -> dict[str, Any]:
-        return capacity_summary(self.steps)
+        return capacity_summary(self.steps, self.limits)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -144,6 +145,7 @@ class CapacityRun:
             "join_failures": self.join_failures,
             "failure": self.failure,
             "server_log_tail": self.server_log_tail,
+            "cpu_limit": self.limits.cpu_share,
             "steps": [
                 {**s.as_dict(), "saturation": r}
                 for s, r in zip(self.steps, self.reasons, strict=True)
@@ -354,7 +356,7 @@ async def run_capacity(
     (or ``max_rooms``)."""
     if warmup_s + window_s > MAX_PAUSED_S:
         raise ValueError(f"warm-up + window must stay under {MAX_PAUSED_S:g} s (ICE consent)")
-    run = CapacityRun(workers, subscribers_per_room, publishers_per_room)
+    run = CapacityRun(workers, subscribers_per_room, publishers_per_room, limits=limits)
     server = SfuServer(extra_args=["--workers", str(workers)])
     await asyncio.to_thread(server.start)
     publishers: list[Any] = []
