@@ -131,3 +131,11 @@ def test_worker_sockets_are_found_by_inode(tmp_path: Path) -> None:
     finally:
         for sock in listening:
             sock.close()
+
+
+def test_a_cpu_limit_above_one_core_steps_on_until_the_first_drop() -> None:
+    steps = [step(1), step(2, cpu=(1.0,)), step(3, cpu=(1.02,), udp_drops=9, rtp_out=400_000)]
+    summary = capacity_summary(steps, Limits(cpu_share=2.0))
+    assert summary["clean_pps"] == 30_000
+    assert summary["saturated_at_rooms"] == 3
+    assert summary["before_drops_pps"] == 30_000
