@@ -243,6 +243,34 @@ def _micro_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write JSON here")
 
 
+def _capacity_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=_counts(1, 16), default=(1,), metavar="N[,N]",
+                        help="server worker processes, one run each (default 1; 1,2 also "
+                        "prints the ratio)")
+    parser.add_argument("--subscribers", type=_int_in(1, 400), default=28, metavar="S",
+                        help="non-reading subscribers per room (default 28: with --workers, "
+                        "keep a worker under 100 participants, see the README)")
+    parser.add_argument("--publishers", type=_int_in(1, 20), default=4, metavar="P",
+                        help="publishers (VP8 + Opus) per room, each sent to every "
+                        "subscriber of the room (default 4)")
+    parser.add_argument("--max-rooms", type=_int_in(1, 20), default=6, metavar="R",
+                        help="stop adding rooms here if the server has not saturated "
+                        "(default 6)")
+    parser.add_argument("--video-kbps", type=_kbps, default=900, metavar="K",
+                        help="VP8 640x360@30 target bitrate (default 900)")
+    parser.add_argument("--cpu-limit", type=_seconds(0.1, 4.0), default=0.95, metavar="F",
+                        help="a server process at this share of a core counts as saturated "
+                        "(default 0.95; above 1 to step on until drops)")
+    parser.add_argument("--duration", type=_seconds(1, 20), default=10.0, metavar="S",
+                        help="measured window per step (default 10 s)")
+    parser.add_argument("--warmup", type=_seconds(0, 5), default=2.0, metavar="S",
+                        help="after pausing the subscribers, before the window (default 2 s)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
+                        help="where capacity.json and .md go (default bench/results)")
+    parser.add_argument("--json", type=Path, metavar="PATH",
+                        help="also write the JSON results to this path")
+
+
 def _all_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=_seconds(1, MAX_DURATION_S), default=8.0,
                         metavar="S", help="measured window per run (default 8 s)")
@@ -426,6 +454,31 @@ def _run_micro(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def _run_capacity(args: argparse.Namespace, command: str) -> int:
+    from bench.capacity import CapacityRun, capacity_markdown, run_capacity
+    from bench.capacity_steps import Limits
+
+    clips = _clips(args.video_kbps, 4)  # cycled: payloads need not be unique here
+
+    async def run_all() -> list[CapacityRun]:
+        return [
+            await run_capacity(
+                workers, clips, subscribers_per_room=args.subscribers,
+                publishers_per_room=args.publishers, limits=Limits(cpu_share=args.cpu_limit),
+                max_rooms=args.max_rooms, warmup_s=args.warmup, window_s=args.duration,
+            )
+            for workers in args.workers
+        ]
+
+    # asyncio's own loop: its datagram transports can pause reading, uvloop's cannot.
+    runs = asyncio.run(run_all())
+    env = environment("asyncio", sorted(os.sched_getaffinity(0)))
+    document = {"scenario": "capacity", "command": command, "environment": env,
+                "runs": [run.as_dict() for run in runs]}
+    _emit("capacity", capacity_markdown(runs, command), document, args)
+    return 0 if all(run.steps for run in runs) else 1
+
+
 def _run_all(args: argparse.Namespace, command: str) -> int:
     started = time.perf_counter()
     codes = []
@@ -463,6 +516,11 @@ SCENARIOS: dict[str, Scenario] = {
     "join-storm": Scenario(
         "N subscribers joining at R per second: join → first RTP / first keyframe",
         _join_storm_arguments, _run_join_storm,
+    ),
+    "capacity": Scenario(
+        "rooms of 1 publisher → S non-reading subscribers, added until the server "
+        "saturates: max forwarded packets/s per --workers",
+        _capacity_arguments, _run_capacity,
     ),
     "micro": Scenario(
         "hot-path micro-benchmarks (µs per operation), no server", _micro_arguments,

@@ -174,7 +174,9 @@ class WorkerPool:
         if slot.session is not None:
             await slot.session.close()
         slot.session = aiohttp.ClientSession(
-            connector=aiohttp.UnixConnector(path=slot.spec.socket_path),
+            # One connection per relayed participant: aiohttp's default pool of 100 would
+            # make the 101st join on a worker wait (and time out).
+            connector=aiohttp.UnixConnector(path=slot.spec.socket_path, limit=0),
             auto_decompress=False,
         )
         self._spawn_task(self._watch(slot, process), f"worker-{slot.id}-watch")
