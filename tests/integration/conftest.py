@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.redis_server import RedisServer
 from helpers.server import ServerProcess
 
 from sfu import aiortc_bridge as bridge
@@ -33,3 +34,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 @pytest.fixture
 def room() -> str:
     return f"room-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of this test's own (scripts/test installs it)."""
+    if not RedisServer.available():
+        pytest.fail("redis-server is not installed: scripts/test installs it")
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -27,15 +27,6 @@ T = 20.0
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[list[ServerProcess]]:
     started: list[ServerProcess] = []
     try:

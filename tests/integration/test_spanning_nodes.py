@@ -27,17 +27,13 @@ import aiohttp
 import pylibsrtp
 import pytest
 import redis
-from aiortc import MediaStreamTrack
 from helpers.cluster import admin_get, start_node
 from helpers.loopback_tap import capture_udp
 from helpers.media import (
     FrameCounterTrack,
     ToneTrack,
-    collect,
-    dominant_frequency,
-    frames_to_samples,
-    read_frame_counter,
 )
+from helpers.placement import assert_decodes, served_by
 from helpers.redis_server import RedisServer
 from helpers.server import ServerProcess
 
@@ -57,15 +53,6 @@ NODE_PORTS = {"node-a": (63100, 63199), "node-b": (63200, 63299)}
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[list[ServerProcess]]:
     started: list[ServerProcess] = []
     try:
@@ -81,27 +68,7 @@ def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[list[ServerProc
 
 
 def _node_of(participant: Participant) -> str:
-    """Which node serves this participant: the ICE ports of its server candidates."""
-    pc = participant.subscribe_pc or participant.publish_pc
-    assert pc is not None and pc.remoteDescription is not None
-    ports = {
-        int(m.group(1))
-        for m in re.finditer(r"a=candidate:\S+ 1 udp \d+ \S+ (\d+) typ", pc.remoteDescription.sdp)
-    }
-    found = {n for n, (low, high) in NODE_PORTS.items() for p in ports if low <= p <= high}
-    assert len(found) == 1, (ports, found)
-    return found.pop()
-
-
-async def _decodes(participant: Participant, track_id: str, *, tone: float | None) -> None:
-    track: MediaStreamTrack = (await participant.wait_remote_tracks([track_id], T))[track_id]
-    if tone is None:
-        frames = await collect(track, 10, timeout=T)
-        assert all(read_frame_counter(f) is not None for f in frames)  # type: ignore[arg-type]
-    else:
-        frames = await collect(track, 60, timeout=T)
-        samples = frames_to_samples(frames[20:])  # type: ignore[arg-type]
-        assert abs(dominant_frequency(samples, 48_000) - tone) < 5
+    return served_by(participant, NODE_PORTS)
 
 
 def _metric(node: ServerProcess, name: str) -> float:
@@ -169,7 +136,7 @@ async def test_room_spans_two_nodes_over_an_srtp_pipe(
         )
         near = [await join(node_b, "near-1"), await join(node_a, "near-2")]
         for participant in near:
-            await _decodes(participant, video, tone=None)
+            await assert_decodes(participant, video, tone=None, timeout=T)
         assert [_node_of(p) for p in [host, *near]] == ["node-a"] * 3
         # A's heartbeat writes its 3 participants into the claim: over 2, B serves joins.
         await _until(lambda: (_room(node_b, room) or {}).get("participants") == 3, "claim counts 3")
@@ -185,8 +152,8 @@ async def test_room_spans_two_nodes_over_an_srtp_pipe(
 
         # Media through the SRTP pipe: frames, the tone, and a keyframe asked back by PLI.
         for participant in far:
-            await _decodes(participant, video, tone=None)
-            await _decodes(participant, audio, tone=TONE_HZ)
+            await assert_decodes(participant, video, tone=None, timeout=T)
+            await assert_decodes(participant, audio, tone=TONE_HZ, timeout=T)
         assert await asyncio.to_thread(_metric, node_a, "sfu_pipe_keyframe_requests") >= 1
         assert await asyncio.to_thread(_metric, node_a, "sfu_pipe_tracks") == 2
         assert await asyncio.to_thread(_metric, node_b, "sfu_pipe_rtp_packets") > 50
@@ -224,7 +191,7 @@ async def test_room_spans_two_nodes_over_an_srtp_pipe(
         await join(node_a, "near-2")
         await _until(lambda: (_room(node_b, room) or {}).get("participants") == 3, "claim counts 3")
         again = await join(node_b, "far-1")
-        await _decodes(again, video, tone=None)
+        await assert_decodes(again, video, tone=None, timeout=T)
         assert _node_of(again) == "node-b"
         span = _span(client, room)
         assert int(span["epoch"]) > int(first_epoch)
@@ -315,7 +282,7 @@ async def test_the_spill_node_takes_the_room_when_the_home_node_dies(
         await _until(lambda: (_room(node_b, room) or {}).get("participants") == 3, "claim counts 3")
         far = await join(node_b, "far-1", [FrameCounterTrack()])
         (video,) = host.published
-        await _decodes(far, video, tone=None)
+        await assert_decodes(far, video, tone=None, timeout=T)
         assert _node_of(far) == "node-b"
 
         assert node_a.proc is not None
@@ -332,7 +299,7 @@ async def test_the_spill_node_takes_the_room_when_the_home_node_dies(
         late = await join(node_b, "late")
         assert {p["identity"] for p in late.joined["participants"]} == {"far-1"}
         (far_video,) = far.published
-        await _decodes(late, far_video, tone=None)
+        await assert_decodes(late, far_video, tone=None, timeout=T)
         assert _node_of(late) == "node-b"
     finally:
         await asyncio.gather(*(p.close() for p in people), return_exceptions=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 import pytest
 from helpers.media import FrameCounterTrack, ToneTrack
+from helpers.placement import served_by
 from helpers.probe import probe
 from helpers.server import ServerProcess
 
@@ -89,16 +89,7 @@ async def _sealed(server: ServerProcess, room: str, count: int) -> list[dict[str
 
 
 def _worker_of(participant: Participant) -> str:
-    """Which worker serves this participant: the ICE ports its server candidates use."""
-    pc = participant.publish_pc or participant.subscribe_pc
-    assert pc is not None and pc.remoteDescription is not None
-    ports = {
-        int(m.group(1))
-        for m in re.finditer(r"a=candidate:\S+ 1 udp \d+ \S+ (\d+) typ", pc.remoteDescription.sdp)
-    }
-    workers = {w for w, (low, high) in WORKER_PORTS.items() for p in ports if low <= p <= high}
-    assert len(workers) == 1, (ports, workers)
-    return workers.pop()
+    return served_by(participant, WORKER_PORTS)
 
 
 def _recorded(event: dict[str, Any], participant: Participant) -> bool:

@@ -27,11 +27,8 @@ from aiortc import MediaStreamTrack
 from helpers.media import (
     FrameCounterTrack,
     ToneTrack,
-    collect,
-    dominant_frequency,
-    frames_to_samples,
-    read_frame_counter,
 )
+from helpers.placement import assert_decodes, served_by
 from helpers.server import ServerProcess
 
 from signaling.client import Participant
@@ -80,28 +77,8 @@ async def _wait_room(server: ServerProcess, room: str, participants: int) -> dic
         await asyncio.sleep(0.2)
 
 
-def _worker_of(participant: Participant) -> str:
-    """Which worker serves this participant: the ICE ports its server candidates use."""
-    pc = participant.subscribe_pc or participant.publish_pc
-    assert pc is not None and pc.remoteDescription is not None
-    ports = {
-        int(m.group(1))
-        for m in re.finditer(r"a=candidate:\S+ 1 udp \d+ \S+ (\d+) typ", pc.remoteDescription.sdp)
-    }
-    workers = {w for w, (low, high) in WORKER_PORTS.items() for p in ports if low <= p <= high}
-    assert len(workers) == 1, (ports, workers)
-    return workers.pop()
-
-
-async def _decodes(participant: Participant, track_id: str, *, tone: float | None) -> None:
-    track: MediaStreamTrack = (await participant.wait_remote_tracks([track_id], T))[track_id]
-    if tone is None:
-        frames = await collect(track, 10, timeout=T)
-        assert all(read_frame_counter(f) is not None for f in frames)  # type: ignore[arg-type]
-    else:
-        frames = await collect(track, 60, timeout=T)
-        samples = frames_to_samples(frames[20:])  # type: ignore[arg-type]
-        assert abs(dominant_frequency(samples, 48_000) - tone) < 5
+def _worker(participant: Participant) -> str:
+    return served_by(participant, WORKER_PORTS)
 
 
 def _metric(server: ServerProcess, name: str) -> float:
@@ -129,15 +106,15 @@ async def test_room_spans_two_workers(server: ServerProcess) -> None:
         )
         near = [await join("near-1"), await join("near-2")]
         for participant in near:
-            await _decodes(participant, video, tone=None)
+            await assert_decodes(participant, video, tone=None, timeout=T)
         await asyncio.sleep(1.5)  # the keyframe the near subscribers started on is now stale
         far = [await join("far-1"), await join("far-2")]
         for participant in far:
             await participant.wait_remote_tracks([video, audio], T)  # offered: a subscribe PC
-        home = _worker_of(host)
-        assert [_worker_of(p) for p in near] == [home, home]
-        spill = _worker_of(far[0])
-        assert spill != home and _worker_of(far[1]) == spill
+        home = _worker(host)
+        assert [_worker(p) for p in near] == [home, home]
+        spill = _worker(far[0])
+        assert spill != home and _worker(far[1]) == spill
 
         # `joined` on the spill worker lists everyone and every track, as on one worker.
         assert {p["identity"] for p in far[1].joined["participants"]} == {
@@ -153,8 +130,8 @@ async def test_room_spans_two_workers(server: ServerProcess) -> None:
         # Media through the pipe: frames decode (a keyframe came via a PLI back through the
         # pipe: the last one was over a second old) and the tone is the tone.
         for participant in far:
-            await _decodes(participant, video, tone=None)
-            await _decodes(participant, audio, tone=TONE_HZ)
+            await assert_decodes(participant, video, tone=None, timeout=T)
+            await assert_decodes(participant, audio, tone=TONE_HZ, timeout=T)
         assert await asyncio.to_thread(_metric, server, "sfu_pipe_keyframe_requests") >= 1
         assert await asyncio.to_thread(_metric, server, "sfu_pipe_tracks") == 2
 
@@ -169,7 +146,8 @@ async def test_room_spans_two_workers(server: ServerProcess) -> None:
             "track.updated", lambda m: m["track"]["id"] == video, timeout=T
         )
         assert update["track"]["muted"] is False
-        await _decodes(far[0], video, tone=None)  # restarted on a keyframe after unmute
+        # Restarted on a keyframe after unmute
+        await assert_decodes(far[0], video, tone=None, timeout=T)
 
         # A participant on the spill worker publishes: piped the other way.
         guest = far[1]
@@ -178,8 +156,9 @@ async def test_room_spans_two_workers(server: ServerProcess) -> None:
             "track.published", lambda m: m["track"]["id"] == guest_tone, timeout=T
         )
         assert published["track"]["participant"] == guest.id
-        await _decodes(host, guest_tone, tone=GUEST_TONE_HZ)
-        await _decodes(far[0], guest_tone, tone=GUEST_TONE_HZ)  # same worker: no pipe
+        await assert_decodes(host, guest_tone, tone=GUEST_TONE_HZ, timeout=T)
+        # Same worker: no pipe
+        await assert_decodes(far[0], guest_tone, tone=GUEST_TONE_HZ, timeout=T)
         # The home worker hears both speakers (the guest's levels come through the pipe) and
         # both shards' clients are told.
         for listener in (near[1], far[0]):
@@ -206,7 +185,8 @@ async def test_room_spans_two_workers(server: ServerProcess) -> None:
             "participant.left", lambda m: m["participant"]["id"] == guest.id, timeout=T
         )
         await _wait_room(server, room, 3)
-        await _decodes(far[0], video, tone=None)  # the remaining pipe still carries media
+        # The remaining pipe still carries media
+        await assert_decodes(far[0], video, tone=None, timeout=T)
 
         # The home holds two now, so a fresh join would go home; a resume must still reach
         # the spill worker, which keeps far-1 (same id, same media).
@@ -216,7 +196,7 @@ async def test_room_spans_two_workers(server: ServerProcess) -> None:
         assert await far[0].resume(timeout=T)
         assert far[0].id == kept and far[0].joined["resumed"] is True
         assert {p["identity"] for p in far[0].joined["participants"]} == {"host", "near-2"}
-        await _decodes(far[0], video, tone=None)
+        await assert_decodes(far[0], video, tone=None, timeout=T)
     finally:
         await asyncio.gather(*(p.close() for p in people), return_exceptions=True)
 
@@ -248,8 +228,8 @@ async def test_the_home_worker_dies_and_the_spill_shard_carries_on(server: Serve
         near = [await join("near-1"), await join("near-2")]
         far = await join("far")
         await far.wait_remote_tracks([video], T)
-        home = _worker_of(host)
-        assert _worker_of(far) != home
+        home = _worker(host)
+        assert _worker(far) != home
 
         os.kill(_worker_pids(server)[home], signal.SIGKILL)
         for participant in (host, *near):  # the home's clients are told to join again
@@ -274,7 +254,7 @@ async def test_the_home_worker_dies_and_the_spill_shard_carries_on(server: Serve
             "participant.joined", lambda m: m["participant"]["id"] == back.id, timeout=T
         )
         assert met["participant"]["identity"] == "host-again"
-        await _decodes(far, again, tone=None)
-        assert _worker_of(back) == _worker_of(far)
+        await assert_decodes(far, again, tone=None, timeout=T)
+        assert _worker(back) == _worker(far)
     finally:
         await asyncio.gather(*(p.close() for p in people), return_exceptions=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -105,17 +105,6 @@ async def test_failing_hanging_and_absent_receivers_lose_nothing_and_slow_nothin
         assert metrics['sfu_webhook_deliveries_total{result="dropped"}'] == 0
     finally:
         assert process.stop() == 0
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    if not RedisServer.available():
-        pytest.fail("redis-server is not installed: scripts/test installs it")
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.asyncio
