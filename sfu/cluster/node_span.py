@@ -133,15 +133,10 @@ class NodeSpans(Spans):
                 headers={"Authorization": f"Bearer {token}"},
                 ssl=False,  # a cluster's own nodes; the link token authenticates both ways
             )
-            port = await endpoint.open()
-            room = self.server.rooms.get_or_create(room_id)
-            if room.shard is not None:  # opened meanwhile by a concurrent request
-                endpoint.close()
-                await ws.close()
-                await session.close()
+            opened = await self._open_spill_shard(room_id, endpoint, ws, session)
+            if opened is None:
                 return
-            channel = _Channel(ws)
-            link = self._new_link(room, endpoint, channel, home=False)
+            link, channel, port = opened
             await ws.send_str(
                 json.dumps(
                     {

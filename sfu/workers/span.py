@@ -128,6 +128,25 @@ class Spans:
 
     # --- the spill worker's end ---------------------------------------------------------
 
+    async def _open_spill_shard(
+        self,
+        room_id: str,
+        endpoint: PipeEndpoint,
+        ws: aiohttp.ClientWebSocketResponse,
+        session: aiohttp.ClientSession,
+    ) -> tuple[ShardLink, _Channel, int] | None:
+        """Open the pipe and this side's shard on a connected link (worker or node);
+        None, with everything closed, if a concurrent open of the room won."""
+        port = await endpoint.open()
+        room = self.server.rooms.get_or_create(room_id)
+        if room.shard is not None:
+            endpoint.close()
+            await ws.close()
+            await session.close()
+            return None
+        channel = _Channel(ws)
+        return self._new_link(room, endpoint, channel, home=False), channel, port
+
     async def open_spill(self, room_id: str, home_socket: str) -> None:
         """Open this worker's shard of ``room_id`` (homed behind ``home_socket``).
 
@@ -158,15 +177,10 @@ class Spans:
             ws = await session.ws_connect(
                 "http://worker" + SPAN_LINK_PATH, heartbeat=10.0, max_msg_size=0
             )
-            port = await endpoint.open()
-            room = self.server.rooms.get_or_create(room_id)
-            if room.shard is not None:  # opened meanwhile by a concurrent request
-                endpoint.close()
-                await ws.close()
-                await session.close()
+            opened = await self._open_spill_shard(room_id, endpoint, ws, session)
+            if opened is None:
                 return
-            channel = _Channel(ws)
-            link = self._new_link(room, endpoint, channel, home=False)
+            link, channel, port = opened
             await ws.send_str(
                 json.dumps(
                     {"op": "hello", "room": room_id, "pipe_port": port, "state": link.snapshot()}
